@@ -1,0 +1,115 @@
+//! The actor runtime: a [`dispatcher`] turns the operator's watch streams into messages, the
+//! [`supervisor`] keeps one [`model`] actor per MLModel alive, and each model actor owns its
+//! model's lifecycle.
+
+pub mod dispatcher;
+pub mod model;
+pub mod supervisor;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::Reporter;
+
+use crate::lifecycle::Settings;
+use crate::metrics::Metrics;
+use dispatcher::Caches;
+
+/// Identifies a model: namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ModelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How the supervisor treats failing model actors.
+#[derive(Clone, Debug)]
+pub struct SupervisionSettings {
+    /// Restarts allowed within `restart_window` before the model is marked Failed.
+    pub max_restarts: usize,
+    /// The window over which restarts are counted.
+    pub restart_window: Duration,
+    /// First restart delay; doubles per restart.
+    pub restart_backoff: Duration,
+    /// Upper bound of the restart delay and of API retry delays.
+    pub max_backoff: Duration,
+}
+
+impl Default for SupervisionSettings {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            restart_window: Duration::from_secs(300),
+            restart_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every actor shares.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Watch caches.
+    pub caches: Caches,
+    /// Lifecycle tunables.
+    pub settings: Settings,
+    /// Supervision tunables.
+    pub supervision: SupervisionSettings,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Identity recorded on Events.
+    pub reporter: Reporter,
+    /// Refuses writes unless this replica surely leads.
+    pub fence: Arc<crate::leader::Fence>,
+}
+
+impl Context {
+    /// A writer for models in `namespace`.
+    pub fn writer(&self, namespace: &str) -> crate::cluster::ModelWriter {
+        crate::cluster::ModelWriter::new(
+            self.client.clone(),
+            namespace,
+            self.reporter.clone(),
+            self.metrics.clone(),
+            self.fence.clone(),
+        )
+    }
+}
+
+/// Shared context handle.
+pub type SharedContext = Arc<Context>;
+
+/// Capped exponential backoff with full jitter: attempt 0 waits up to `base`.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX));
+    let capped = exp.min(max);
+    let jitter = rand::random_range(0.5..=1.0);
+    capped.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        assert!(backoff(0, base, max) <= base);
+        assert!(backoff(3, base, max) >= Duration::from_millis(400));
+        for attempt in 5..40 {
+            assert!(backoff(attempt, base, max) <= max);
+        }
+    }
+}

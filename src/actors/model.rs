@@ -1,0 +1,415 @@
+//! The model actor: owns one MLModel's lifecycle. It keeps what it has observed of the
+//! model's children (fed by the dispatcher's messages), asks the pure core what to do, carries
+//! out the actions, writes the status, records Events, and traces the rollout.
+//!
+//! Events are coalesced: every message only updates the observed state and, if none is
+//! pending, schedules one `Reconcile`, so a burst of pod updates costs one decision.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::DynamicObject;
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::{Instrument, Span};
+
+use super::dispatcher::ChildUpdate;
+use super::{ModelKey, SharedContext, backoff};
+use crate::api::{MLModel, MLModelStatus, Phase};
+use crate::cluster::{ClusterError, ModelWriter};
+use crate::lifecycle::{self, Action, EventNote, Observed, reason};
+use crate::telemetry;
+
+/// Messages of a model actor.
+#[derive(Debug)]
+pub enum ModelMsg {
+    /// The MLModel changed; its current state is in the cache.
+    ModelChanged,
+    /// A child changed.
+    Child(ChildUpdate),
+    /// Decide and act on the latest observed state.
+    Reconcile,
+}
+
+/// The model actor.
+pub struct ModelActor;
+
+/// A model actor's state: what it observed and what it last reported.
+pub struct ModelState {
+    key: ModelKey,
+    ctx: SharedContext,
+    writer: ModelWriter,
+    observed: Observed,
+    /// The status last written; the operator is its only writer, so this is the truth even
+    /// before the watch echoes the write back.
+    status: Option<MLModelStatus>,
+    reconcile_pending: bool,
+    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<ModelMsg>>>>,
+    retries: u32,
+    rollout: Option<Rollout>,
+    phase_since: std::time::Instant,
+}
+
+/// The trace of one rollout: a root span (ended at once, so it is exported even if the
+/// operator dies) and one span per phase, parented to the root through its traceparent.
+struct Rollout {
+    generation: i64,
+    traceparent: String,
+    phase: Option<Phase>,
+    span: Option<Span>,
+}
+
+/// Parses the cached untyped object into an MLModel.
+pub fn parse_model(obj: &DynamicObject) -> Result<MLModel, serde_json::Error> {
+    serde_json::to_value(obj).and_then(serde_json::from_value)
+}
+
+impl ModelState {
+    fn schedule(&mut self, myself: &ActorRef<ModelMsg>) {
+        if !self.reconcile_pending {
+            self.reconcile_pending = true;
+            let _ = myself.cast(ModelMsg::Reconcile);
+        }
+    }
+
+    fn wake_after(&mut self, myself: &ActorRef<ModelMsg>, after: Duration) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        self.timer = Some(myself.send_after(after, || ModelMsg::Reconcile));
+    }
+
+    fn apply_update(&mut self, update: ChildUpdate) {
+        let o = &mut self.observed;
+        match update {
+            ChildUpdate::Pvc(p) => o.pvc = p,
+            ChildUpdate::Deployment(d) => o.deployment = d,
+            ChildUpdate::Service(s) => o.service = s,
+            ChildUpdate::Job(name, job) => {
+                o.jobs.retain(|j| j.name != name);
+                o.jobs.extend(job);
+                o.jobs.sort_by_key(|j| j.version);
+            }
+            ChildUpdate::Pod(name, pod) => {
+                if let (Some(span), Some(p)) = (self.rollout.as_ref().and_then(|r| r.span.as_ref()), pod.as_ref()) {
+                    let before = o.pods.iter().find(|x| x.name == name);
+                    if before.map(|b| (&b.phase, b.ready)) != Some((&p.phase, p.ready)) {
+                        tracing::info!(parent: span, pod = %name, phase = %p.phase, ready = p.ready, "pod status changed");
+                    }
+                }
+                o.pods.retain(|p| p.name != name);
+                o.pods.extend(pod);
+                o.pods.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+        }
+    }
+
+    /// Feeds the result of an action back into what is observed, so a decision made before
+    /// the watch echoes the write does not repeat it.
+    fn assume(&mut self, action: &Action) {
+        use crate::lifecycle::observe::*;
+        use crate::resources::{SOURCE_ANNOTATION, spec_hash};
+        match action {
+            Action::ApplyPvc(_) if self.observed.pvc.is_none() => {
+                self.observed.pvc = Some(PvcObs {
+                    phase: "Pending".into(),
+                    deleting: false,
+                })
+            }
+            Action::ApplyJob(j) => {
+                if let Some(mut obs) = job(j) {
+                    obs.source = j
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(SOURCE_ANNOTATION).cloned());
+                    if !self.observed.jobs.iter().any(|x| x.name == obs.name) {
+                        self.observed.jobs.push(obs);
+                    }
+                }
+            }
+            Action::ApplyDeployment(d) => {
+                let ready = self.observed.deployment.as_ref().map_or(0, |x| x.ready_replicas);
+                self.observed.deployment = Some(DeploymentObs {
+                    ready_replicas: ready,
+                    ..deployment(d)
+                });
+                if let Some(x) = self.observed.deployment.as_mut() {
+                    x.spec_hash = spec_hash(d.as_ref()).cloned();
+                }
+            }
+            Action::ApplyService(s) => self.observed.service = Some(service(s)),
+            _ => {}
+        }
+    }
+
+    fn span_for(&mut self, model: &MLModel, status: &mut MLModelStatus) {
+        let generation = model.metadata.generation.unwrap_or(1);
+        let continuing = self.rollout.as_ref().is_some_and(|r| r.generation == generation);
+        if continuing {
+            return;
+        }
+        let previous = model.status.as_ref().filter(|s| s.traceparent.is_some());
+        // A restarted operator (or a new leader) continues the trace stored on the object.
+        let stored = previous
+            .filter(|s| s.observed_generation == Some(generation))
+            .and_then(|s| s.traceparent.clone());
+        let traceparent = stored.or_else(|| {
+            let root = rollout_span("mlmodel.rollout", model);
+            telemetry::traceparent_of(&root)
+        });
+        if let Some(tp) = traceparent {
+            status.trace_id = tp.split('-').nth(1).map(str::to_owned);
+            status.traceparent = Some(tp.clone());
+            self.rollout = Some(Rollout {
+                generation,
+                traceparent: tp,
+                phase: None,
+                span: None,
+            });
+        }
+    }
+
+    fn trace_phase(&mut self, model: &MLModel, status: &MLModelStatus) {
+        let Some(rollout) = self.rollout.as_mut() else { return };
+        let Some(phase) = status.phase else { return };
+        if rollout.phase == Some(phase) {
+            return;
+        }
+        let elapsed = self.phase_since.elapsed().as_secs_f64();
+        if let Some(previous) = rollout.phase {
+            self.ctx
+                .metrics
+                .phase_transition(previous.as_str(), phase.as_str(), elapsed, status.trace_id.as_deref());
+        }
+        self.phase_since = std::time::Instant::now();
+        rollout.phase = Some(phase);
+        // Dropping the previous span ends it, so each phase is exported as it finishes.
+        rollout.span = None;
+        if matches!(phase, Phase::Ready | Phase::Failed) {
+            let outcome = rollout_span(
+                if phase == Phase::Ready {
+                    "mlmodel.ready"
+                } else {
+                    "mlmodel.failed"
+                },
+                model,
+            );
+            telemetry::set_parent_from_traceparent(&outcome, &rollout.traceparent);
+            if let Some(f) = status.last_failure.as_ref().filter(|_| phase == Phase::Failed) {
+                outcome.record("otel.status_code", "ERROR");
+                outcome.record("otel.status_message", f.message.as_str());
+                outcome.record("mlmodel.failure.reason", f.reason.as_str());
+            }
+            return;
+        }
+        let span = rollout_span(&format!("phase {phase}"), model);
+        telemetry::set_parent_from_traceparent(&span, &rollout.traceparent);
+        rollout.span = Some(span);
+    }
+}
+
+fn rollout_span(name: &str, model: &MLModel) -> Span {
+    tracing::info_span!(
+        parent: None,
+        "mlmodel",
+        otel.name = name,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        mlmodel.failure.reason = tracing::field::Empty,
+        k8s.namespace.name = model.metadata.namespace.as_deref().unwrap_or_default(),
+        mlmodel.name = model.metadata.name.as_deref().unwrap_or_default(),
+        mlmodel.uid = model.metadata.uid.as_deref().unwrap_or_default(),
+        mlmodel.generation = model.metadata.generation.unwrap_or_default(),
+        mlmodel.phase = model.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()).unwrap_or("Pending"),
+    )
+}
+
+impl Actor for ModelActor {
+    type Msg = ModelMsg;
+    type State = ModelState;
+    type Arguments = (ModelKey, SharedContext);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (key, ctx): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let writer = ctx.writer(&key.namespace);
+        let observed = ctx.caches.observed(&key);
+        let mut state = ModelState {
+            key,
+            ctx,
+            writer,
+            observed,
+            status: None,
+            reconcile_pending: false,
+            timer: None,
+            retries: 0,
+            rollout: None,
+            phase_since: std::time::Instant::now(),
+        };
+        state.schedule(&myself);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ModelMsg::ModelChanged => state.schedule(&myself),
+            ModelMsg::Child(update) => {
+                state.apply_update(update);
+                state.schedule(&myself);
+            }
+            ModelMsg::Reconcile => {
+                state.reconcile_pending = false;
+                // Inside the current phase's span, so log lines carry the model's trace id.
+                let span = match state.rollout.as_ref().and_then(|r| r.span.as_ref()) {
+                    Some(phase) => tracing::info_span!(parent: phase, "reconcile"),
+                    None => Span::none(),
+                };
+                reconcile(&myself, state).instrument(span).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.timer.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+}
+
+async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Result<(), ActorProcessingErr> {
+    let Some(obj) = state.ctx.caches.model(&state.key) else {
+        return Ok(());
+    };
+    let mut model = match parse_model(&obj) {
+        Ok(model) => model,
+        Err(error) => {
+            // Written by an older CRD or by hand: report and wait for the object to change.
+            tracing::warn!(model = %state.key, %error, "skipping a malformed MLModel");
+            state.ctx.metrics.reconcile_error("malformed");
+            return Ok(());
+        }
+    };
+    #[cfg(feature = "fault-injection")]
+    if model
+        .annotations()
+        .get("mlmodel.oda.tmforum.org/inject-fault")
+        .map(String::as_str)
+        == Some("panic")
+    {
+        panic!("fault injected by annotation mlmodel.oda.tmforum.org/inject-fault=panic");
+    }
+    if state.status.is_none() {
+        state.status = model.status.clone();
+    }
+    if state.status.is_some() {
+        model.status = state.status.clone();
+    }
+    if model.metadata.deletion_timestamp.is_none() {
+        // Before deciding, so the download Job it may create carries the rollout's context.
+        let mut status = model.status.clone().unwrap_or_default();
+        state.span_for(&model, &mut status);
+        model.status = Some(status);
+    }
+    let observed = Observed {
+        now: Timestamp::now(),
+        ..state.observed.clone()
+    };
+    let decision = lifecycle::decide(&model, &observed, &state.ctx.settings);
+    let forced: Vec<String> = decision
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ForceDelete(c) => Some(format!("{c:?}")),
+            _ => None,
+        })
+        .collect();
+    for action in &decision.actions {
+        if let Err(error) = state.writer.execute(&model, action).await {
+            return handle_error(myself, state, &model, error).await;
+        }
+        state.assume(action);
+    }
+    state.retries = 0;
+    if !forced.is_empty() {
+        let note = EventNote {
+            warning: true,
+            reason: "ForcedDeletion".into(),
+            note: format!("forced: {}", forced.join(", ")),
+        };
+        state.writer.event(&model, &note, "Delete").await;
+    }
+    report(state, &model, decision.status).await?;
+    if let Some(after) = decision.requeue_after {
+        state.wake_after(myself, after);
+    }
+    Ok(())
+}
+
+async fn report(state: &mut ModelState, model: &MLModel, status: MLModelStatus) -> Result<(), ActorProcessingErr> {
+    if model.metadata.deletion_timestamp.is_some() && !model.finalizers().iter().any(|f| f == crate::api::FINALIZER) {
+        return Ok(());
+    }
+    if state.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    if let Err(error) = state.writer.write_status(model, &status).await {
+        state.ctx.metrics.reconcile_error(error.category());
+        return Err(Box::new(error));
+    }
+    let event = lifecycle::transition_event(state.status.as_ref(), &status);
+    state.trace_phase(model, &status);
+    if let Some(note) = event {
+        tracing::info!(model = %state.key, phase = ?status.phase, reason = %note.reason, "{}", note.note);
+        state.writer.event(model, &note, "Reconcile").await;
+    }
+    state.status = Some(status);
+    Ok(())
+}
+
+async fn handle_error(
+    myself: &ActorRef<ModelMsg>,
+    state: &mut ModelState,
+    model: &MLModel,
+    error: ClusterError,
+) -> Result<(), ActorProcessingErr> {
+    state.ctx.metrics.reconcile_error(error.category());
+    match error {
+        ClusterError::Transient { .. } => {
+            // Never Failed for a transient error: retry with capped backoff and jitter.
+            let delay = backoff(
+                state.retries,
+                Duration::from_millis(200),
+                state.ctx.supervision.max_backoff,
+            );
+            state.retries = state.retries.saturating_add(1);
+            tracing::warn!(model = %state.key, %error, retry_in_ms = delay.as_millis() as u64, "API call failed; will retry");
+            state.wake_after(myself, delay);
+            Ok(())
+        }
+        ClusterError::Fenced { .. } => {
+            tracing::info!(model = %state.key, %error, "not writing: leadership is not certain");
+            Ok(())
+        }
+        ClusterError::Rejected { code, .. } => {
+            // 403 means the operator's RBAC is missing a permission, not that the spec is wrong.
+            let reason = if code == 403 {
+                reason::FORBIDDEN
+            } else {
+                reason::INVALID_SPEC
+            };
+            let status = lifecycle::failed_status(model, reason, &error.to_string(), Timestamp::now());
+            report(state, model, status).await
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The model downloader: the `download` subcommand run by each model's download Job.
+//!
+//! It fetches one artifact, verifies it, and lays it out as
+//! `<dest>/<model-name>/<version>/` (tensorflow/serving's layout, which the other
+//! runtimes share):
+//!
+//! 1. The artifact is streamed (constant memory) into a temporary directory on the same
+//!    volume, `<dest>/.tmp-<model-name>-<version>-<random>`, and hashed with SHA-256 on the
+//!    way. If `--sha256` is given and differs, the download fails with `ChecksumMismatch`.
+//! 2. `.tar`, `.tar.gz`/`.tgz` and `.zip` artifacts are unpacked there (entries escaping
+//!    the directory are rejected as `InvalidArchive`); any other file is kept as is, named
+//!    by the URL's last path segment.
+//! 3. Flattening: if the unpacked archive holds exactly one top-level entry and it is a
+//!    directory (e.g. `my-model/saved_model.pb`), that directory's contents become the
+//!    version directory, so `<version>/saved_model.pb` results. Only one level is
+//!    flattened.
+//! 4. A marker `.mlmodel-download.json` (redacted URL, SHA-256 and size of the artifact)
+//!    is written, and the directory is renamed into place in one step. A later run whose
+//!    marker matches (same redacted URL, and same SHA-256 when one is given) returns at
+//!    once without fetching.
+//!
+//! The temporary directory is removed on every path, success or failure. On failure one
+//! line `<Category>: <message>` is written to the termination log (see
+//! [`DownloadError::category`]).
+//!
+//! # Credentials
+//!
+//! Credentials come only from the environment (the Job fills it from a Secret):
+//! - S3 (`s3://bucket/key`): `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//!   `AWS_SESSION_TOKEN`, `AWS_REGION` (default `us-east-1`); without keys, the usual
+//!   web-identity or instance credentials are used. `--s3-endpoint`/`AWS_ENDPOINT_URL`
+//!   selects an S3-compatible server (path-style requests, plain HTTP allowed).
+//! - GCS (`gs://bucket/key`): `GOOGLE_SERVICE_ACCOUNT_KEY` (the JSON key itself) or
+//!   `GOOGLE_APPLICATION_CREDENTIALS` (a path to it).
+//! - HTTP(S): `HTTP_BEARER_TOKEN`, or `HTTP_USERNAME` + `HTTP_PASSWORD` (basic auth).
+//!   Presigned URLs need nothing else; their signatures are redacted from all output.
+//!
+//! Credentials never appear in logs, errors or the marker: every URL shown goes through
+//! [`redact_url`].
+
+mod archive;
+mod error;
+mod fetch;
+mod redact;
+mod source;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tracing::{Instrument, error, info, info_span, warn};
+
+pub use error::DownloadError;
+pub use redact::redact_url;
+
+use archive::ArtifactKind;
+use source::{Credentials, ResponseObserver, Source};
+
+/// Name of the marker file written into each completed version directory.
+pub const MARKER_FILE: &str = ".mlmodel-download.json";
+
+/// Arguments of `mlmodel-operator download`.
+// `--version` is the model version here; the program's own version flag must not clash
+// with it even when the top-level command propagates it.
+#[derive(Debug, Clone, clap::Args)]
+#[command(disable_version_flag = true)]
+pub struct DownloadArgs {
+    /// Artifact URL: http://, https://, s3://bucket/key or gs://bucket/key.
+    #[arg(long, env = "MODEL_URL")]
+    pub url: String,
+
+    /// Base directory of the mounted model volume (e.g. /models).
+    #[arg(long, env = "MODEL_DEST")]
+    pub dest: PathBuf,
+
+    /// Model name (a DNS-1123 label); the first level under `--dest`.
+    #[arg(long, env = "MODEL_NAME")]
+    pub model_name: String,
+
+    /// Model version (the MLModel's generation); the second level under `--dest`.
+    #[arg(long, env = "MODEL_VERSION")]
+    pub version: u64,
+
+    /// Expected lowercase hex SHA-256 of the artifact as fetched (before unpacking).
+    #[arg(long, env = "MODEL_SHA256")]
+    pub sha256: Option<String>,
+
+    /// Overall deadline in seconds.
+    #[arg(long, env = "DOWNLOAD_TIMEOUT_SECONDS", default_value_t = 600)]
+    pub timeout: u64,
+
+    /// Retries on transient errors (connection errors, 5xx, 429, truncated bodies).
+    #[arg(long, env = "DOWNLOAD_RETRIES", default_value_t = 3)]
+    pub retries: u32,
+
+    /// File that receives the one-line failure reason.
+    #[arg(long, env = "TERMINATION_LOG", default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
+
+    /// S3-compatible endpoint (path-style requests, plain HTTP allowed).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+}
+
+/// What a successful run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadReport {
+    /// Size of the artifact in bytes.
+    pub bytes: u64,
+    /// Lowercase hex SHA-256 of the artifact.
+    pub sha256: String,
+    /// The version directory, `<dest>/<model-name>/<version>`.
+    pub path: PathBuf,
+    /// Fetch attempts made (0 when skipped).
+    pub attempts: u32,
+    /// Whether the version was already present and nothing was fetched.
+    pub skipped: bool,
+}
+
+/// Contents of [`MARKER_FILE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Marker {
+    url: String,
+    sha256: String,
+    size: u64,
+    #[serde(default)]
+    completed_at_unix: u64,
+}
+
+/// Runs the download; on failure writes the classified line to the termination log and returns Err.
+pub async fn run(args: DownloadArgs) -> Result<DownloadReport, DownloadError> {
+    let shown = redact_url(&args.url);
+    let span = info_span!(
+        "download",
+        url = %shown,
+        model_name = %args.model_name,
+        version = args.version,
+        error.category = tracing::field::Empty,
+    );
+    let result = download(&args).instrument(span.clone()).await;
+    match &result {
+        Ok(report) => info!(
+            parent: &span,
+            path = %report.path.display(),
+            bytes = report.bytes,
+            sha256 = %report.sha256,
+            attempts = report.attempts,
+            skipped = report.skipped,
+            "model ready"
+        ),
+        Err(err) => {
+            span.record("error.category", err.category());
+            let line = err.termination_line();
+            error!(parent: &span, error.category = err.category(), "{line}");
+            if let Err(e) = std::fs::write(&args.termination_log, &line) {
+                warn!(
+                    parent: &span,
+                    path = %args.termination_log.display(),
+                    "cannot write termination log: {e}"
+                );
+            }
+        }
+    }
+    result
+}
+
+async fn download(args: &DownloadArgs) -> Result<DownloadReport, DownloadError> {
+    validate_model_name(&args.model_name)?;
+    let expected_sha = args.sha256.as_deref().map(validate_sha256).transpose()?;
+    let source = Source::parse(&args.url)?;
+    let shown = source.display();
+    let file_name = source.file_name()?;
+    let kind = ArtifactKind::from_file_name(&file_name);
+
+    let model_dir = args.dest.join(&args.model_name);
+    let target = model_dir.join(args.version.to_string());
+    if let Some(marker) = read_marker(&target).await
+        && marker.url == shown
+        && expected_sha.as_ref().is_none_or(|sha| *sha == marker.sha256)
+    {
+        info!(path = %target.display(), "model version already present, skipping download");
+        return Ok(DownloadReport {
+            bytes: marker.size,
+            sha256: marker.sha256,
+            path: target,
+            attempts: 0,
+            skipped: true,
+        });
+    }
+
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || {
+        DownloadError::Timeout(format!(
+            "download of {shown} did not finish within {}s",
+            timeout.as_secs()
+        ))
+    };
+
+    tokio::fs::create_dir_all(&args.dest)
+        .await
+        .map_err(|e| DownloadError::from_io(&format!("cannot create {}", args.dest.display()), &e))?;
+    let prefix = format!(".tmp-{}-{}-", args.model_name, args.version);
+    remove_stale_staging(&args.dest, &prefix).await;
+    let staging = Staging::create(&args.dest, &prefix).await?;
+    let artifact = staging.path.join("artifact");
+    let content = staging.path.join("content");
+
+    // Fetch.
+    let observer = ResponseObserver::default();
+    let (store, location) = source.open(
+        &Credentials::from_env(),
+        args.s3_endpoint.as_deref(),
+        timeout,
+        &observer,
+    )?;
+    let fetch_span = info_span!(
+        "download.fetch",
+        bytes = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+        retries = tracing::field::Empty,
+        requests = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+        error.category = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let fetched = tokio::time::timeout_at(
+        deadline,
+        fetch::fetch_with_retries(store.as_ref(), &location, &artifact, args.retries, &observer, &shown)
+            .instrument(fetch_span.clone()),
+    )
+    .await;
+    fetch_span.record("duration_ms", started.elapsed().as_millis() as u64);
+    fetch_span.record("requests", observer.requests());
+    let fetched = match fetched {
+        Ok(Ok(fetched)) => fetched,
+        Ok(Err(failure)) => {
+            fetch_span.record("attempts", failure.attempts);
+            fetch_span.record("retries", failure.attempts.saturating_sub(1));
+            fetch_span.record("error.category", failure.error.category());
+            return Err(failure.error);
+        }
+        Err(_) => {
+            fetch_span.record("error.category", "Timeout");
+            return Err(timed_out());
+        }
+    };
+    fetch_span.record("bytes", fetched.bytes);
+    fetch_span.record("attempts", fetched.attempts);
+    fetch_span.record("retries", fetched.attempts - 1);
+
+    // Verify.
+    {
+        let _verify = info_span!(
+            "download.verify",
+            sha256 = %fetched.sha256,
+            error.category = tracing::field::Empty,
+        )
+        .entered();
+        if let Some(expected) = expected_sha {
+            if expected != fetched.sha256 {
+                let err = DownloadError::ChecksumMismatch {
+                    expected,
+                    actual: fetched.sha256.clone(),
+                };
+                tracing::Span::current().record("error.category", err.category());
+                return Err(err);
+            }
+            info!("checksum verified");
+        }
+    }
+
+    // Unpack or place, then check and mark, all off the async threads.
+    let unpack_span = info_span!(
+        "download.unpack",
+        kind = ?kind,
+        duration_ms = tracing::field::Empty,
+        error.category = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let marker = Marker {
+        url: shown.clone(),
+        sha256: fetched.sha256.clone(),
+        size: fetched.bytes,
+        completed_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
+    let mut unpacking = tokio::task::spawn_blocking({
+        let cancel = Arc::clone(&cancel);
+        let span = unpack_span.clone();
+        move || span.in_scope(|| prepare_version(&artifact, kind, &file_name, &content, &marker, &cancel))
+    });
+    let version_root = match tokio::time::timeout_at(deadline, &mut unpacking).await {
+        Ok(joined) => joined.map_err(|e| DownloadError::Io(format!("unpack task failed: {e}")))?,
+        Err(_) => {
+            cancel.store(true, Ordering::Relaxed);
+            // Let the task stop before the staging directory is removed under it.
+            let _ = unpacking.await;
+            Err(timed_out())
+        }
+    };
+    unpack_span.record("duration_ms", started.elapsed().as_millis() as u64);
+    let version_root = version_root.inspect_err(|e| {
+        unpack_span.record("error.category", e.category());
+    })?;
+
+    // Publish.
+    tokio::fs::create_dir_all(&model_dir)
+        .await
+        .map_err(|e| DownloadError::from_io(&format!("cannot create {}", model_dir.display()), &e))?;
+    if tokio::fs::symlink_metadata(&target).await.is_ok() {
+        // An incomplete or different version is in the way: move it aside first; it goes
+        // away with the staging directory.
+        warn!(path = %target.display(), "replacing existing version directory");
+        tokio::fs::rename(&target, staging.path.join("previous"))
+            .await
+            .map_err(|e| DownloadError::from_io(&format!("cannot move aside {}", target.display()), &e))?;
+    }
+    tokio::fs::rename(&version_root, &target)
+        .await
+        .map_err(|e| DownloadError::from_io(&format!("cannot move model into {}", target.display()), &e))?;
+    drop(staging);
+
+    Ok(DownloadReport {
+        bytes: fetched.bytes,
+        sha256: fetched.sha256,
+        path: target,
+        attempts: fetched.attempts,
+        skipped: false,
+    })
+}
+
+/// Builds the version directory's contents in `content` and returns the directory to
+/// rename into place (see the module docs for the flattening rule).
+fn prepare_version(
+    artifact: &Path,
+    kind: ArtifactKind,
+    file_name: &str,
+    content: &Path,
+    marker: &Marker,
+    cancel: &Arc<AtomicBool>,
+) -> Result<PathBuf, DownloadError> {
+    let io_err = |what: &str, e: std::io::Error| DownloadError::from_io(&format!("{what} {}", content.display()), &e);
+    std::fs::create_dir(content).map_err(|e| io_err("cannot create", e))?;
+    let root = if kind == ArtifactKind::File {
+        std::fs::rename(artifact, content.join(file_name)).map_err(|e| io_err("cannot move artifact into", e))?;
+        content.to_path_buf()
+    } else {
+        archive::unpack(artifact, kind, content, cancel).map_err(|e| {
+            if cancel.load(Ordering::Relaxed) {
+                DownloadError::Timeout("download deadline passed while unpacking".into())
+            } else {
+                e
+            }
+        })?;
+        // The archive is no longer needed; free its space before the rename.
+        let _ = std::fs::remove_file(artifact);
+        let root = archive::content_root(content)?;
+        archive::check_symlinks(&root)?;
+        root
+    };
+    let json =
+        serde_json::to_vec_pretty(marker).map_err(|e| DownloadError::Io(format!("cannot encode marker: {e}")))?;
+    std::fs::write(root.join(MARKER_FILE), json).map_err(|e| io_err("cannot write marker in", e))?;
+    info!(root = %root.display(), "model files prepared");
+    Ok(root)
+}
+
+async fn read_marker(target: &Path) -> Option<Marker> {
+    let bytes = tokio::fs::read(target.join(MARKER_FILE)).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Removes temporary directories left by an earlier run of the same model version that
+/// was killed before it could clean up.
+async fn remove_stale_staging(dest: &Path, prefix: &str) {
+    let Ok(mut entries) = tokio::fs::read_dir(dest).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Exactly `<prefix><16 hex digits>`: a bare prefix match would also catch another
+        // model's directory (`resnet` version 1 vs `resnet-1` version 5).
+        let ours = name
+            .strip_prefix(prefix)
+            .is_some_and(|suffix| suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit()));
+        if ours {
+            warn!(path = %entry.path().display(), "removing stale temporary directory");
+            let _ = tokio::fs::remove_dir_all(entry.path()).await;
+        }
+    }
+}
+
+/// The temporary directory; removed when dropped, whatever happened.
+struct Staging {
+    path: PathBuf,
+}
+
+impl Staging {
+    async fn create(dest: &Path, prefix: &str) -> Result<Self, DownloadError> {
+        let suffix: u64 = rand::rng().random();
+        let path = dest.join(format!("{prefix}{suffix:016x}"));
+        tokio::fs::create_dir(&path)
+            .await
+            .map_err(|e| DownloadError::from_io(&format!("cannot create {}", path.display()), &e))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %self.path.display(), "cannot remove temporary directory: {e}");
+        }
+    }
+}
+
+/// A DNS-1123 label: it becomes a directory name, so anything else (`..`, `/`) is refused.
+fn validate_model_name(name: &str) -> Result<(), DownloadError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(DownloadError::InvalidArgument(format!(
+            "model name {name:?} is not a DNS-1123 label"
+        )))
+    }
+}
+
+/// Accepts a 64-digit hex digest; upper case is folded to the canonical lower case.
+fn validate_sha256(sha: &str) -> Result<String, DownloadError> {
+    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(sha.to_ascii_lowercase())
+    } else {
+        Err(DownloadError::InvalidArgument(format!(
+            "--sha256 must be 64 hex digits, got {:?}",
+            sha.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    #[command(version, propagate_version = true)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Command {
+        Download(DownloadArgs),
+    }
+
+    #[test]
+    fn parses_flags_with_defaults() {
+        let cli = Cli::try_parse_from([
+            "mlmodel-operator",
+            "download",
+            "--url",
+            "https://h/m.tar.gz",
+            "--dest",
+            "/models",
+            "--model-name",
+            "resnet",
+            "--version",
+            "7",
+        ])
+        .unwrap();
+        let Command::Download(args) = cli.command;
+        assert_eq!(args.version, 7);
+        assert_eq!(args.timeout, 600);
+        assert_eq!(args.retries, 3);
+        assert_eq!(args.termination_log, PathBuf::from("/dev/termination-log"));
+        assert!(args.sha256.is_none());
+    }
+
+    #[test]
+    fn model_names() {
+        assert!(validate_model_name("resnet-50").is_ok());
+        for bad in ["", "-a", "a-", "A", "a/b", "..", &"a".repeat(64)] {
+            assert_eq!(validate_model_name(bad).unwrap_err().category(), "InvalidArgument");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_this_versions_stale_staging_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ours = tmp.path().join(".tmp-resnet-1-0123456789abcdef");
+        let other_model = tmp.path().join(".tmp-resnet-1-5-0123456789abcdef");
+        std::fs::create_dir(&ours).unwrap();
+        std::fs::create_dir(&other_model).unwrap();
+        remove_stale_staging(tmp.path(), ".tmp-resnet-1-").await;
+        assert!(!ours.exists());
+        assert!(other_model.exists());
+    }
+
+    #[test]
+    fn digests() {
+        assert_eq!(validate_sha256(&"AB".repeat(32)).unwrap(), "ab".repeat(32));
+        assert!(validate_sha256("abc").is_err());
+        assert!(validate_sha256(&"g".repeat(64)).is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! Removing credentials from URLs before they reach logs, errors or status.
+
+use url::Url;
+
+/// Query parameter names (lowercase) that carry credentials in presigned or tokenised URLs.
+const CREDENTIAL_PARAMS: &[&str] = &[
+    "sig",
+    "signature",
+    "token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "code",
+    "key",
+    "apikey",
+    "api_key",
+    "api-key",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "auth",
+    "authorization",
+    "credential",
+    "credentials",
+    "awsaccesskeyid",
+    "googleaccessid",
+];
+
+/// Substrings of parameter names (lowercase) that mark them as credentials, covering
+/// `X-Amz-Signature`, `X-Amz-Credential`, `X-Amz-Security-Token`, `X-Goog-Signature`, ...
+const CREDENTIAL_FRAGMENTS: &[&str] = &["signature", "credential", "token", "secret", "password"];
+
+/// Returns `raw` without credentials: the userinfo (`user:password@`) and the fragment are
+/// removed, and so is the whole query string if any of its parameters looks like a
+/// credential (`X-Amz-Signature`, `X-Amz-Credential`, `sig`, `signature`, `token`,
+/// `access_token`, `X-Goog-Signature`, ...). Other query strings are kept, since they may
+/// tell versions apart. A string that does not parse as a URL is cut at the first `?` or
+/// `#`, and anything up to an `@` in its authority is dropped.
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) => {
+            // Fails only for URLs that cannot carry userinfo anyway.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_fragment(None);
+            let leaks = url.query_pairs().any(|(name, _)| is_credential_param(&name));
+            if leaks {
+                url.set_query(None);
+            }
+            url.to_string()
+        }
+        Err(_) => redact_unparsable(raw),
+    }
+}
+
+fn is_credential_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    CREDENTIAL_PARAMS.contains(&name.as_str()) || CREDENTIAL_FRAGMENTS.iter().any(|f| name.contains(f))
+}
+
+fn redact_unparsable(raw: &str) -> String {
+    let cut = raw.find(['?', '#']).unwrap_or(raw.len());
+    let head = &raw[..cut];
+    let (scheme, rest) = match head.find("://") {
+        Some(i) => (&head[..i + 3], &head[i + 3..]),
+        None => ("", head),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!("{scheme}{rest}")
+}
+
+/// Redacts every URL-looking token (`scheme://...`) inside a free-form message, so that
+/// errors from lower layers (which may quote the request URL) can be shown safely.
+pub(crate) fn scrub_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(pos) = rest.find("://") {
+        let start = rest[..pos]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let end = rest[pos..]
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '(' | '"' | '\'' | '<' | '>' | '`'))
+            .map_or(rest.len(), |i| pos + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_userinfo() {
+        assert_eq!(
+            redact_url("https://alice:s3cret@example.com/models/m.tar.gz"),
+            "https://example.com/models/m.tar.gz"
+        );
+    }
+
+    #[test]
+    fn removes_presigned_s3_query() {
+        let url = "https://bucket.s3.amazonaws.com/m.tgz?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+                   &X-Amz-Credential=AKIA%2F20261123&X-Amz-Signature=abcdef&X-Amz-Expires=60";
+        assert_eq!(redact_url(url), "https://bucket.s3.amazonaws.com/m.tgz");
+    }
+
+    #[test]
+    fn removes_gcs_signed_and_token_queries() {
+        assert_eq!(
+            redact_url("https://storage.googleapis.com/b/m.zip?X-Goog-Signature=00ff&X-Goog-Date=1"),
+            "https://storage.googleapis.com/b/m.zip"
+        );
+        assert_eq!(redact_url("https://h/m.bin?access_token=abc"), "https://h/m.bin");
+        assert_eq!(redact_url("https://h/m.bin?sv=1&sig=abc"), "https://h/m.bin");
+        assert_eq!(redact_url("https://h/m.bin?Token=abc"), "https://h/m.bin");
+    }
+
+    #[test]
+    fn keeps_harmless_query_and_drops_fragment() {
+        assert_eq!(
+            redact_url("https://h/m.bin?versionId=3#access_token=x"),
+            "https://h/m.bin?versionId=3"
+        );
+    }
+
+    #[test]
+    fn keeps_object_store_urls() {
+        assert_eq!(redact_url("s3://bucket/a/b.tar.gz"), "s3://bucket/a/b.tar.gz");
+        assert_eq!(redact_url("gs://bucket/m.zip"), "gs://bucket/m.zip");
+    }
+
+    #[test]
+    fn unparsable_input_loses_query_and_userinfo() {
+        assert_eq!(redact_url("http://u:p@[bad/x?token=1"), "http://[bad/x");
+        assert_eq!(redact_url("; rm -rf /"), "; rm -rf /");
+    }
+
+    #[test]
+    fn scrubs_urls_inside_messages() {
+        let msg = "error sending request for url (https://u:p@h/m?sig=1): connection refused";
+        assert_eq!(
+            scrub_message(msg),
+            "error sending request for url (https://h/m): connection refused"
+        );
+        assert_eq!(scrub_message("no url here"), "no url here");
+    }
+}

@@ -1,0 +1,227 @@
+//! Leader election over a `coordination.k8s.io/v1` Lease, with fencing.
+//!
+//! The holder renews every `retry_period`. A standby takes the lease only after it has seen the
+//! same holder and renew time for longer than `lease_duration` by its own clock, so clocks of
+//! different nodes never need to agree. The holder stops acting (and the [`Fence`] refuses
+//! every write) once its last successful renewal is older than `renew_deadline`, which is
+//! strictly shorter than `lease_duration`: a leader that was paused or partitioned has stopped
+//! writing before anyone else can take over.
+//!
+//! The algorithm is client-go's, written out here because the fence must be checked on every
+//! write of the model actors, which none of the crates available exposes.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+
+/// Lease timings and identity.
+#[derive(Clone, Debug)]
+pub struct LeaseSettings {
+    /// Lease name.
+    pub name: String,
+    /// Lease namespace (the operator's own).
+    pub namespace: String,
+    /// This replica's identity: its pod name.
+    pub identity: String,
+    /// How long a lease is valid after its last renewal.
+    pub lease_duration: Duration,
+    /// How long the holder keeps acting without a successful renewal.
+    pub renew_deadline: Duration,
+    /// How often to try to acquire or renew.
+    pub retry_period: Duration,
+}
+
+/// Whether this replica may write right now. Checked before every write.
+#[derive(Debug)]
+pub struct Fence {
+    leading: AtomicBool,
+    renewed_at: Mutex<Option<Instant>>,
+    renew_deadline: Duration,
+    always: bool,
+}
+
+impl Fence {
+    /// A fence for a replica that runs without leader election: always open.
+    pub fn open() -> Self {
+        Self {
+            leading: AtomicBool::new(true),
+            renewed_at: Mutex::new(None),
+            renew_deadline: Duration::MAX,
+            always: true,
+        }
+    }
+
+    fn new(renew_deadline: Duration) -> Self {
+        Self {
+            leading: AtomicBool::new(false),
+            renewed_at: Mutex::new(None),
+            renew_deadline,
+            always: false,
+        }
+    }
+
+    /// True while this replica leads and its last renewal is within the renew deadline.
+    pub fn may_write(&self) -> bool {
+        if self.always {
+            return true;
+        }
+        let renewed = self.renewed_at.lock().map(|r| *r).unwrap_or(None);
+        self.leading.load(Ordering::SeqCst) && renewed.is_some_and(|t| t.elapsed() < self.renew_deadline)
+    }
+
+    fn renewed(&self, at: Instant) {
+        if let Ok(mut r) = self.renewed_at.lock() {
+            *r = Some(at);
+        }
+        self.leading.store(true, Ordering::SeqCst);
+    }
+
+    fn lost(&self) {
+        self.leading.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Runs a leader elector.
+pub struct LeaderElector {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    fence: std::sync::Arc<Fence>,
+    /// (holder, renew time) last seen and when this replica first saw it.
+    observed: Option<(Option<String>, Option<Timestamp>, Instant)>,
+}
+
+impl LeaderElector {
+    /// An elector for `settings`; its fence guards the operator's writes.
+    pub fn new(client: Client, settings: LeaseSettings) -> Self {
+        let fence = std::sync::Arc::new(Fence::new(settings.renew_deadline));
+        Self {
+            api: Api::namespaced(client, &settings.namespace),
+            settings,
+            fence,
+            observed: None,
+        }
+    }
+
+    /// The write fence.
+    pub fn fence(&self) -> std::sync::Arc<Fence> {
+        self.fence.clone()
+    }
+
+    /// Tries to acquire or renew until `stop` turns true; publishes leadership on `leading`.
+    /// On stop, a held lease is released so a standby takes over at its next retry.
+    pub async fn run(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let attempt_started = Instant::now();
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    self.fence.renewed(attempt_started);
+                    if !*leading.borrow() {
+                        tracing::info!(identity = %self.settings.identity, lease = %self.settings.name, "acquired leadership");
+                        let _ = leading.send(true);
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "could not acquire or renew the lease"),
+            }
+            if *leading.borrow() && !self.fence.may_write() {
+                tracing::warn!(identity = %self.settings.identity, "lost leadership: no renewal within the renew deadline");
+                self.fence.lost();
+                let _ = leading.send(false);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.retry_period) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        if *leading.borrow() {
+            self.fence.lost();
+            let _ = leading.send(false);
+            match self.release().await {
+                Ok(()) => tracing::info!(identity = %self.settings.identity, "released the lease"),
+                Err(error) => tracing::warn!(%error, "could not release the lease"),
+            }
+        }
+    }
+
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        let me = self.settings.identity.clone();
+        let duration = i32::try_from(self.settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
+        let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.settings.name.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(me),
+                    lease_duration_seconds: Some(duration),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let renew = spec.renew_time.as_ref().map(|t| t.0);
+        let seen = (holder.clone(), renew);
+        let first_seen = match &self.observed {
+            Some((h, r, at)) if (h, r) == (&seen.0, &seen.1) => *at,
+            _ => Instant::now(),
+        };
+        self.observed = Some((seen.0, seen.1, first_seen));
+        let held_by_me = holder.as_deref() == Some(me.as_str());
+        let expired = holder.is_none() || first_seen.elapsed() > self.settings.lease_duration;
+        if !held_by_me && !expired {
+            return Ok(false);
+        }
+        if !held_by_me {
+            spec.acquire_time = Some(MicroTime(now));
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        spec.holder_identity = Some(me);
+        spec.lease_duration_seconds = Some(duration);
+        spec.renew_time = Some(MicroTime(now));
+        // Replace carries the resourceVersion: a concurrent writer makes this fail with 409.
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        spec.acquire_time = None;
+        self.api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+            .map(drop)
+    }
+}

@@ -1,0 +1,231 @@
+//! `mlmodel-operator`: the operator (`run`), its CRD (`crd`) and the model downloader
+//! (`download`) in one binary, so the download Job runs the operator's own image.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mlmodel_operator::actors::SupervisionSettings;
+use mlmodel_operator::api::MLModel;
+use mlmodel_operator::download::{self, DownloadArgs};
+use mlmodel_operator::leader::LeaseSettings;
+use mlmodel_operator::lifecycle::Settings;
+use mlmodel_operator::operator::{self, RunSettings};
+use mlmodel_operator::resources::BuildSettings;
+use mlmodel_operator::telemetry::{self, LogFormat};
+
+/// Deploys machine-learning models described by MLModel resources.
+#[derive(Parser, Debug)]
+#[command(name = "mlmodel-operator", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the operator against the current kubeconfig context or the in-cluster config.
+    Run(Box<RunArgs>),
+    /// Print the MLModel CustomResourceDefinition as YAML.
+    Crd,
+    /// Download a model artifact into a volume (what the download Job runs).
+    Download(DownloadArgs),
+}
+
+/// Flags of `mlmodel-operator run`.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+
+    /// Image of the download Job; the operator's own image.
+    #[arg(long, env = "DOWNLOADER_IMAGE", default_value = concat!("mlmodel-operator:", env!("CARGO_PKG_VERSION")))]
+    downloader_image: String,
+
+    /// Pull policy of the download Job's image.
+    #[arg(long, env = "DOWNLOADER_PULL_POLICY", default_value = "IfNotPresent")]
+    downloader_pull_policy: String,
+
+    /// DNS suffix of the cluster, used in `status.serviceEndpoint`.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+
+    /// Seconds a serving pod may stay unschedulable before the model is Failed.
+    #[arg(long, env = "UNSCHEDULABLE_GRACE_SECONDS", default_value_t = 30)]
+    unschedulable_grace_seconds: u64,
+
+    /// Seconds an image may fail to pull before the model is Failed.
+    #[arg(long, env = "IMAGE_PULL_GRACE_SECONDS", default_value_t = 120)]
+    image_pull_grace_seconds: u64,
+
+    /// Restarts of a crash-looping serving container before the model is Failed.
+    #[arg(long, env = "CRASH_LOOP_RESTARTS", default_value_t = 3)]
+    crash_loop_restarts: i32,
+
+    /// Seconds deletion waits for children before it forces them.
+    #[arg(long, env = "FORCE_DELETE_AFTER_SECONDS", default_value_t = 60)]
+    force_delete_after_seconds: u64,
+
+    /// Restarts of a model's actor within the window before the model is marked Failed.
+    #[arg(long, env = "MAX_ACTOR_RESTARTS", default_value_t = 5)]
+    max_actor_restarts: usize,
+
+    /// Window, in seconds, over which actor restarts are counted.
+    #[arg(long, env = "ACTOR_RESTART_WINDOW_SECONDS", default_value_t = 300)]
+    actor_restart_window_seconds: u64,
+
+    /// Elect a leader among replicas through a Lease; off runs a single active replica.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+
+    /// Name of the Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "mlmodel-operator")]
+    lease_name: String,
+
+    /// Namespace of the Lease; the operator's own namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mlmodel-system")]
+    lease_namespace: String,
+
+    /// This replica's identity in the Lease (its pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// Seconds a Lease stays valid after its last renewal.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+
+    /// Seconds the leader keeps acting without a successful renewal; less than the duration.
+    #[arg(long, env = "LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    lease_renew_deadline_seconds: u64,
+
+    /// Seconds between attempts to acquire or renew the Lease.
+    #[arg(long, env = "LEASE_RETRY_PERIOD_SECONDS", default_value_t = 2)]
+    lease_retry_period_seconds: u64,
+
+    /// Seconds a graceful shutdown may take.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20)]
+    shutdown_timeout_seconds: u64,
+}
+
+impl RunArgs {
+    fn into_settings(self) -> Result<RunSettings, String> {
+        let identity = self
+            .identity
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("mlmodel-operator-{}", std::process::id()));
+        if self.leader_elect && self.lease_renew_deadline_seconds >= self.lease_duration_seconds {
+            return Err("--lease-renew-deadline-seconds must be less than --lease-duration-seconds".into());
+        }
+        let lease = self.leader_elect.then(|| LeaseSettings {
+            name: self.lease_name,
+            namespace: self.lease_namespace,
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs(self.lease_duration_seconds),
+            renew_deadline: Duration::from_secs(self.lease_renew_deadline_seconds),
+            retry_period: Duration::from_secs(self.lease_retry_period_seconds),
+        });
+        Ok(RunSettings {
+            lifecycle: Settings {
+                build: BuildSettings {
+                    downloader_image: self.downloader_image,
+                    cluster_domain: self.cluster_domain,
+                    downloader_pull_policy: self.downloader_pull_policy,
+                },
+                unschedulable_grace: Duration::from_secs(self.unschedulable_grace_seconds),
+                image_pull_grace: Duration::from_secs(self.image_pull_grace_seconds),
+                crash_loop_restarts: self.crash_loop_restarts,
+                force_delete_after: Duration::from_secs(self.force_delete_after_seconds),
+            },
+            supervision: SupervisionSettings {
+                max_restarts: self.max_actor_restarts,
+                restart_window: Duration::from_secs(self.actor_restart_window_seconds),
+                ..Default::default()
+            },
+            lease,
+            metrics_addr: self.metrics_addr,
+            identity,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Crd = cli.command {
+        return match MLModel::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: cannot render the CRD: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
+    let service = match cli.command {
+        Command::Download(_) => "mlmodel-downloader",
+        _ => "mlmodel-operator",
+    };
+    let guard = match telemetry::init(service, cli.log_format) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match cli.command {
+        Command::Crd => ExitCode::SUCCESS,
+        Command::Download(args) => {
+            let span = tracing::info_span!("mlmodel.download");
+            telemetry::parent_from_env(&span);
+            let result = {
+                use tracing::Instrument;
+                download::run(args).instrument(span).await
+            };
+            match result {
+                Ok(report) => {
+                    tracing::info!(bytes = report.bytes, path = %report.path.display(), skipped = report.skipped, "download complete");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    tracing::error!(category = error.category(), "{error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run(args) => match args.into_settings() {
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+            Ok(settings) => match operator::run(settings).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error}");
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
+    };
+    drop(guard);
+    code
+}

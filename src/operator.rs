@@ -1,0 +1,176 @@
+//! `mlmodel-operator run`: wires the watches, leader election, the supervisor, metrics and
+//! health endpoints, and shuts all of it down in order on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::Reporter;
+use ractor::Actor;
+use tokio::sync::watch;
+
+use crate::actors::supervisor::ModelSupervisor;
+use crate::actors::{Context, SupervisionSettings, dispatcher};
+use crate::leader::{Fence, LeaderElector, LeaseSettings};
+use crate::lifecycle::Settings;
+use crate::metrics::{self, Metrics};
+
+/// Everything `run` needs.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    /// Lifecycle tunables.
+    pub lifecycle: Settings,
+    /// Supervision tunables.
+    pub supervision: SupervisionSettings,
+    /// Lease settings; `None` runs without leader election (a single replica).
+    pub lease: Option<LeaseSettings>,
+    /// Address of /metrics, /healthz and /readyz.
+    pub metrics_addr: SocketAddr,
+    /// This replica's identity (pod name), recorded on Events.
+    pub identity: String,
+    /// Upper bound of a graceful shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Errors that stop the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No usable kubeconfig or in-cluster configuration.
+    #[error("cannot connect to Kubernetes: {0}")]
+    Client(#[from] kube::Error),
+    /// The metrics port could not be bound.
+    #[error("cannot listen on {addr} for metrics and health checks: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The supervisor could not start.
+    #[error("cannot start the model supervisor: {0}")]
+    Supervisor(String),
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run(settings: RunSettings) -> Result<(), RunError> {
+    let client = Client::try_default().await?;
+    let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: settings.metrics_addr,
+            source,
+        })?;
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(metrics::serve_on(metrics.clone(), listener, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
+
+    let (route_tx, route_rx) = watch::channel(None);
+    let (caches, mut synced) = dispatcher::start(client.clone(), route_rx);
+
+    let (leading_tx, mut leading_rx) = watch::channel(settings.lease.is_none());
+    let (fence, elector) = match settings.lease.clone() {
+        Some(lease) => {
+            let elector = LeaderElector::new(client.clone(), lease);
+            (elector.fence(), Some(elector))
+        }
+        None => (Arc::new(Fence::open()), None),
+    };
+    let elector_task = elector.map(|e| tokio::spawn(e.run(leading_tx, stop_rx.clone())));
+    metrics.set_leader(settings.lease.is_none());
+
+    let ctx = Arc::new(Context {
+        client,
+        caches,
+        settings: settings.lifecycle.clone(),
+        supervision: settings.supervision.clone(),
+        metrics: metrics.clone(),
+        reporter: Reporter {
+            controller: "mlmodel-operator".into(),
+            instance: Some(settings.identity.clone()),
+        },
+        fence,
+    });
+
+    // Standbys keep their caches warm; only once synced is a replica ready (and able to lead).
+    let _ = synced.wait_for(|s| *s).await;
+    metrics.set_ready(true);
+    tracing::info!("watches synced");
+
+    let mut shutdown = Box::pin(shutdown_signal());
+    let mut supervisor = None;
+    loop {
+        let leading = *leading_rx.borrow_and_update();
+        match (leading, supervisor.take()) {
+            (true, None) => {
+                let (actor, handle) = Actor::spawn(None, ModelSupervisor, ctx.clone())
+                    .await
+                    .map_err(|e| RunError::Supervisor(e.to_string()))?;
+                let _ = route_tx.send(Some(actor.clone()));
+                metrics.set_leader(true);
+                tracing::info!("leading: supervising every model");
+                supervisor = Some((actor, handle));
+            }
+            (false, Some((actor, handle))) => {
+                let _ = route_tx.send(None);
+                metrics.set_leader(false);
+                actor.stop(Some("leadership lost".into()));
+                let _ = handle.await;
+                tracing::warn!("no longer leading: every model actor stopped");
+            }
+            (_, current) => supervisor = current,
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = leading_rx.changed() => if changed.is_err() {
+                // No elector (single replica): leadership never changes.
+                (&mut shutdown).await;
+                break;
+            },
+        }
+    }
+
+    tracing::info!("shutting down");
+    let _ = route_tx.send(None);
+    if let Some((actor, handle)) = supervisor {
+        actor.stop(Some("shutdown".into()));
+        if tokio::time::timeout(settings.shutdown_timeout, handle).await.is_err() {
+            tracing::warn!("model actors did not stop in time");
+        }
+    }
+    // Release the lease only after every actor stopped: a standby that takes over never
+    // overlaps with this replica's writes.
+    let _ = stop_tx.send(true);
+    if let Some(task) = elector_task {
+        let _ = tokio::time::timeout(settings.shutdown_timeout, task).await;
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,638 @@
+//! Builders of a model's children: the PVC, the download Job, the serving Deployment and the
+//! Service. Pure functions of the model and the operator's settings, so every replica and every
+//! restart builds byte-identical objects and server-side apply is idempotent.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::api::{AccessMode, Framework, MLModel};
+
+/// Label every child carries; the operator's watches select on it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "mlmodel-operator";
+/// Label naming the model a child belongs to.
+pub const MODEL_LABEL: &str = "mlmodel.oda.tmforum.org/name";
+/// Label with the artifact version (a model generation) a Job or serving pod works on.
+pub const VERSION_LABEL: &str = "mlmodel.oda.tmforum.org/version";
+/// Label telling the download pods from the serving pods.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Annotation holding the W3C traceparent of the rollout a child belongs to.
+pub const TRACEPARENT_ANNOTATION: &str = "mlmodel.oda.tmforum.org/traceparent";
+/// Annotation with a digest of the desired object a child was applied from; a differing digest
+/// means the child must be applied again.
+pub const SPEC_HASH_ANNOTATION: &str = "mlmodel.oda.tmforum.org/spec-hash";
+/// Annotation on a download Job with the digest of the source (URL and checksum) it fetches.
+pub const SOURCE_ANNOTATION: &str = "mlmodel.oda.tmforum.org/source";
+/// Where the model volume is mounted in the download and serving pods.
+pub const MODEL_MOUNT: &str = "/models";
+
+/// Component value of the download Job's pods.
+pub const COMPONENT_DOWNLOAD: &str = "download";
+/// Component value of the serving pods.
+pub const COMPONENT_SERVING: &str = "serving";
+
+/// Operator-wide settings the builders need.
+#[derive(Clone, Debug)]
+pub struct BuildSettings {
+    /// Image of the download Job: the operator's own image, which carries the `download` subcommand.
+    pub downloader_image: String,
+    /// DNS suffix of the cluster's Services.
+    pub cluster_domain: String,
+    /// Extra annotations/labels are not configurable; this keeps the image pull policy of the
+    /// download Job (`IfNotPresent` by default).
+    pub downloader_pull_policy: String,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self {
+            downloader_image: format!("mlmodel-operator:{}", env!("CARGO_PKG_VERSION")),
+            cluster_domain: "cluster.local".to_owned(),
+            downloader_pull_policy: "IfNotPresent".to_owned(),
+        }
+    }
+}
+
+/// Digest of what determines the artifact: the URL and the expected checksum. Two generations
+/// with the same digest share one downloaded version.
+pub fn source_digest(model: &MLModel) -> String {
+    let mut h = Sha256::new();
+    h.update(model.spec.model_url.as_bytes());
+    h.update(b"\n");
+    h.update(model.spec.sha256.as_deref().unwrap_or("").as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+/// Stamps `obj` with the digest of its own content in [`SPEC_HASH_ANNOTATION`].
+pub fn with_spec_hash<K: Resource + Serialize>(mut obj: K) -> K {
+    let digest = serde_json::to_vec(&obj)
+        .map(|bytes| hex::encode(&Sha256::digest(&bytes)[..8]))
+        .unwrap_or_default();
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SPEC_HASH_ANNOTATION.to_owned(), digest);
+    obj
+}
+
+/// The digest [`with_spec_hash`] stamped on `obj`.
+pub fn spec_hash<K: Resource>(obj: &K) -> Option<&String> {
+    obj.meta().annotations.as_ref()?.get(SPEC_HASH_ANNOTATION)
+}
+
+/// Name of the model's PersistentVolumeClaim.
+pub fn pvc_name(model_name: &str) -> String {
+    format!("{model_name}-model")
+}
+
+/// Name of the download Job of one artifact version.
+pub fn job_name(model_name: &str, version: i64) -> String {
+    format!("{model_name}-download-{version}")
+}
+
+/// Name of the serving Deployment.
+pub fn deployment_name(model_name: &str) -> String {
+    format!("{model_name}-serving")
+}
+
+/// Name of the Service; the model's own name, so the endpoint reads naturally.
+pub fn service_name(model_name: &str) -> String {
+    model_name.to_owned()
+}
+
+/// The serving runtime a model resolves to: its framework's defaults with the spec's overrides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Runtime {
+    /// Container image.
+    pub image: String,
+    /// Container arguments (no shell).
+    pub args: Vec<String>,
+    /// HTTP port.
+    pub port: i32,
+    /// HTTP readiness path; `None` means a TCP check of `port`.
+    pub readiness_path: Option<String>,
+    /// Environment variables the runtime needs to find the model.
+    pub env: Vec<EnvVar>,
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// Resolves the runtime of `model` serving artifact `version`.
+pub fn runtime(model: &MLModel, version: i64) -> Runtime {
+    let name = model_name(model);
+    let spec = &model.spec;
+    let model_dir = format!("{MODEL_MOUNT}/{name}");
+    let mlserver = |implementation: Option<&str>| {
+        let mut env = vec![
+            env("MLSERVER_MODEL_NAME", name.clone()),
+            env("MLSERVER_MODEL_URI", format!("{model_dir}/{version}")),
+            env("MLSERVER_HTTP_PORT", "8080"),
+        ];
+        if let Some(implementation) = implementation {
+            env.push(self::env("MLSERVER_MODEL_IMPLEMENTATION", implementation));
+        }
+        Runtime {
+            image: "docker.io/seldonio/mlserver:1.7.1".to_owned(),
+            args: vec![
+                "mlserver".to_owned(),
+                "start".to_owned(),
+                format!("{model_dir}/{version}"),
+            ],
+            port: 8080,
+            readiness_path: Some(format!("/v2/models/{name}/ready")),
+            env,
+        }
+    };
+    let mut runtime = match spec.framework {
+        Framework::Tensorflow => Runtime {
+            image: "docker.io/tensorflow/serving:2.19.1".to_owned(),
+            args: vec![
+                "--port=8500".to_owned(),
+                "--rest_api_port=8501".to_owned(),
+                format!("--model_name={name}"),
+                format!("--model_base_path={model_dir}"),
+            ],
+            port: 8501,
+            readiness_path: Some(format!("/v1/models/{name}")),
+            env: Vec::new(),
+        },
+        Framework::Triton => Runtime {
+            image: "nvcr.io/nvidia/tritonserver:25.10-py3".to_owned(),
+            args: vec![
+                "tritonserver".to_owned(),
+                format!("--model-repository={MODEL_MOUNT}"),
+                "--http-port=8000".to_owned(),
+                "--strict-model-config=false".to_owned(),
+            ],
+            port: 8000,
+            readiness_path: Some(format!("/v2/models/{name}/ready")),
+            env: Vec::new(),
+        },
+        Framework::Mlserver => mlserver(None),
+        Framework::Sklearn => mlserver(Some("mlserver_sklearn.SKLearnModel")),
+        Framework::Xgboost => mlserver(Some("mlserver_xgboost.XGBoostModel")),
+        Framework::Custom => Runtime {
+            image: String::new(),
+            args: Vec::new(),
+            port: 8080,
+            readiness_path: None,
+            env: vec![
+                env("MODEL_NAME", name.clone()),
+                env("MODEL_PATH", format!("{model_dir}/{version}")),
+            ],
+        },
+    };
+    if let Some(o) = &spec.runtime {
+        if let Some(image) = &o.image {
+            runtime.image = image.clone();
+        }
+        if let Some(args) = &o.args {
+            runtime.args = args.clone();
+        }
+        if let Some(port) = o.port {
+            runtime.port = port;
+        }
+        if let Some(path) = &o.readiness_path {
+            runtime.readiness_path = Some(path.clone());
+        }
+        if let Some(extra) = &o.env {
+            runtime.env.extend(extra.iter().cloned());
+        }
+    }
+    runtime
+}
+
+fn model_name(model: &MLModel) -> String {
+    model.metadata.name.clone().unwrap_or_default()
+}
+
+/// The labels every child of `model` carries.
+pub fn labels(model: &MLModel, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "mlmodel".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), model_name(model)),
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (MODEL_LABEL.to_owned(), model_name(model)),
+        (COMPONENT_LABEL.to_owned(), component.to_owned()),
+    ])
+}
+
+fn owner_reference(model: &MLModel) -> Option<OwnerReference> {
+    model.controller_owner_ref(&())
+}
+
+fn child_meta(model: &MLModel, name: String, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: model.metadata.namespace.clone(),
+        labels: Some(labels(model, component)),
+        owner_references: owner_reference(model).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The model's PersistentVolumeClaim.
+pub fn persistent_volume_claim(model: &MLModel) -> PersistentVolumeClaim {
+    let storage = model.spec.storage.clone().unwrap_or_default();
+    let access_modes = storage
+        .access_modes
+        .unwrap_or_else(|| vec![AccessMode::ReadWriteOnce])
+        .into_iter()
+        .map(|m| m.as_str().to_owned())
+        .collect();
+    PersistentVolumeClaim {
+        metadata: child_meta(model, pvc_name(&model_name(model)), "storage"),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(access_modes),
+            storage_class_name: storage.storage_class_name,
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(model.spec.storage_size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The security context the `restricted` Pod Security Standard asks for.
+fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Default::default()
+        }),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn restricted_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        fs_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn model_volume(model: &MLModel, read_only: bool) -> Volume {
+    Volume {
+        name: "model".to_owned(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: pvc_name(&model_name(model)),
+            read_only: Some(read_only),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Inputs of the download Job that are not in the spec.
+#[derive(Clone, Debug, Default)]
+pub struct DownloadContext {
+    /// W3C traceparent of the rollout, so the downloader's spans join the model's trace.
+    pub traceparent: Option<String>,
+}
+
+/// The download Job of artifact `version`: the operator image's `download` subcommand with the
+/// URL and target as arguments (no shell), credentials from the referenced Secret as env.
+pub fn download_job(model: &MLModel, version: i64, settings: &BuildSettings, ctx: &DownloadContext) -> Job {
+    let name = model_name(model);
+    let download = model.spec.download.clone().unwrap_or_default();
+    let timeout = download.timeout_seconds.unwrap_or(600);
+    let mut args = vec![
+        "download".to_owned(),
+        format!("--url={}", model.spec.model_url),
+        format!("--dest={MODEL_MOUNT}"),
+        format!("--model-name={name}"),
+        format!("--version={version}"),
+        format!("--timeout={timeout}"),
+        format!("--retries={}", download.retries.unwrap_or(3)),
+    ];
+    if let Some(sha) = &model.spec.sha256 {
+        args.push(format!("--sha256={sha}"));
+    }
+    let mut env = vec![env("RUST_LOG", "info"), env("LOG_FORMAT", "json")];
+    if let Some(tp) = &ctx.traceparent {
+        env.push(self::env("TRACEPARENT", tp.clone()));
+    }
+    let mut labels = labels(model, COMPONENT_DOWNLOAD);
+    labels.insert(VERSION_LABEL.to_owned(), version.to_string());
+    let mut meta = child_meta(model, job_name(&name, version), COMPONENT_DOWNLOAD);
+    meta.labels = Some(labels.clone());
+    meta.annotations = Some(BTreeMap::from([(SOURCE_ANNOTATION.to_owned(), source_digest(model))]));
+    let container = Container {
+        name: "download".to_owned(),
+        image: Some(settings.downloader_image.clone()),
+        image_pull_policy: Some(settings.downloader_pull_policy.clone()),
+        args: Some(args),
+        env: Some(env),
+        env_from: model.spec.credentials.as_ref().map(|c| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: c.name.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }]
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "model".to_owned(),
+            mount_path: MODEL_MOUNT.to_owned(),
+            ..Default::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        security_context: Some(restricted_container_security()),
+        ..Default::default()
+    };
+    Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            backoff_limit: Some(1),
+            // The downloader enforces its own deadline; this one is the backstop for a stuck pod.
+            active_deadline_seconds: Some(timeout * 2 + 120),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_owned()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(restricted_pod_security()),
+                    containers: vec![container],
+                    volumes: Some(vec![model_volume(model, false)]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn serving_selector(model: &MLModel) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MODEL_LABEL.to_owned(), model_name(model)),
+        (COMPONENT_LABEL.to_owned(), COMPONENT_SERVING.to_owned()),
+    ])
+}
+
+/// The serving Deployment of artifact `version`. The volume is mounted read-only with only that
+/// version's directory visible, so a newer download never changes what running pods serve; a
+/// new version rolls out as a normal rolling update with no unavailable replica.
+pub fn serving_deployment(model: &MLModel, version: i64) -> Deployment {
+    let name = model_name(model);
+    let rt = runtime(model, version);
+    let mut pod_labels = labels(model, COMPONENT_SERVING);
+    pod_labels.insert(VERSION_LABEL.to_owned(), version.to_string());
+    let mut meta = child_meta(model, deployment_name(&name), COMPONENT_SERVING);
+    meta.labels = Some(pod_labels.clone());
+    let probe_handler_port = IntOrString::Int(rt.port);
+    let readiness = match &rt.readiness_path {
+        Some(path) => Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.clone()),
+                port: probe_handler_port,
+                ..Default::default()
+            }),
+            period_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Default::default()
+        },
+        None => Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: probe_handler_port,
+                ..Default::default()
+            }),
+            period_seconds: Some(5),
+            ..Default::default()
+        },
+    };
+    let container = Container {
+        name: "server".to_owned(),
+        image: Some(rt.image),
+        args: (!rt.args.is_empty()).then_some(rt.args),
+        env: (!rt.env.is_empty()).then_some(rt.env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: rt.port,
+            ..Default::default()
+        }]),
+        readiness_probe: Some(readiness),
+        resources: model.spec.runtime.as_ref().and_then(|r| r.resources.clone()),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "model".to_owned(),
+                mount_path: format!("{MODEL_MOUNT}/{name}/{version}"),
+                sub_path: Some(format!("{name}/{version}")),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tmp".to_owned(),
+                mount_path: "/tmp".to_owned(),
+                ..Default::default()
+            },
+        ]),
+        security_context: Some(restricted_container_security()),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta,
+        spec: Some(DeploymentSpec {
+            replicas: Some(model.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(serving_selector(model)),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(restricted_pod_security()),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        model_volume(model, true),
+                        Volume {
+                            name: "tmp".to_owned(),
+                            empty_dir: Some(Default::default()),
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The ClusterIP Service in front of the serving pods.
+pub fn service(model: &MLModel) -> Service {
+    let name = model_name(model);
+    let port = runtime(model, 0).port;
+    Service {
+        metadata: child_meta(model, service_name(&name), COMPONENT_SERVING),
+        spec: Some(ServiceSpec {
+            selector: Some(serving_selector(model)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port,
+                target_port: Some(IntOrString::String("http".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The address the Service answers on inside the cluster.
+pub fn service_endpoint(model: &MLModel, settings: &BuildSettings) -> String {
+    let name = model_name(model);
+    let ns = model.metadata.namespace.as_deref().unwrap_or("default");
+    format!(
+        "{}.{ns}.svc.{}:{}",
+        service_name(&name),
+        settings.cluster_domain,
+        runtime(model, 0).port
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{MLModelSpec, RuntimeOverride};
+
+    fn model(framework: Framework) -> MLModel {
+        let mut m = MLModel::new(
+            "iris",
+            MLModelSpec {
+                model_url: "https://models.example.com/iris.tar.gz".to_owned(),
+                storage_size: "2Gi".to_owned(),
+                framework,
+                replicas: 2,
+                expose: true,
+                sha256: None,
+                credentials: None,
+                runtime: None,
+                download: None,
+                storage: None,
+            },
+        );
+        m.metadata.namespace = Some("ml".to_owned());
+        m.metadata.uid = Some("uid-1".to_owned());
+        m
+    }
+
+    #[test]
+    fn tensorflow_runtime_serves_the_model_base_path_on_8501() {
+        let rt = runtime(&model(Framework::Tensorflow), 3);
+        assert_eq!(rt.port, 8501);
+        assert_eq!(rt.readiness_path.as_deref(), Some("/v1/models/iris"));
+        assert!(rt.args.contains(&"--model_base_path=/models/iris".to_owned()));
+    }
+
+    #[test]
+    fn overrides_replace_the_framework_defaults() {
+        let mut m = model(Framework::Custom);
+        m.spec.runtime = Some(RuntimeOverride {
+            image: Some("registry.example/server:1".to_owned()),
+            port: Some(9000),
+            ..Default::default()
+        });
+        let rt = runtime(&m, 1);
+        assert_eq!(rt.image, "registry.example/server:1");
+        assert_eq!(rt.port, 9000);
+        assert_eq!(rt.readiness_path, None);
+    }
+
+    #[test]
+    fn download_job_passes_the_url_as_one_argument_and_credentials_by_reference() {
+        let mut m = model(Framework::Tensorflow);
+        m.spec.model_url = "https://h/x;$(reboot)".to_owned();
+        m.spec.credentials = Some(crate::api::SecretReference {
+            name: "s3-creds".to_owned(),
+        });
+        let job = download_job(&m, 4, &BuildSettings::default(), &DownloadContext::default());
+        let spec = job.spec.unwrap().template.spec.unwrap();
+        let c = &spec.containers[0];
+        assert_eq!(c.command, None, "no shell, the image's entrypoint runs");
+        let args = c.args.clone().unwrap();
+        assert!(args.contains(&"--url=https://h/x;$(reboot)".to_owned()));
+        assert!(args.contains(&"--version=4".to_owned()));
+        let env_from = c.env_from.clone().unwrap();
+        assert_eq!(env_from[0].secret_ref.as_ref().unwrap().name, "s3-creds");
+        assert_eq!(job.metadata.name.as_deref(), Some("iris-download-4"));
+        assert_eq!(job.metadata.owner_references.unwrap()[0].uid, "uid-1");
+    }
+
+    #[test]
+    fn serving_pods_mount_only_their_version_read_only() {
+        let d = serving_deployment(&model(Framework::Tensorflow), 7);
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let mount = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.sub_path.as_deref(), Some("iris/7"));
+        assert_eq!(mount.mount_path, "/models/iris/7");
+        assert_eq!(mount.read_only, Some(true));
+    }
+
+    #[test]
+    fn endpoint_is_the_service_dns_name_and_port() {
+        let m = model(Framework::Tensorflow);
+        assert_eq!(
+            service_endpoint(&m, &BuildSettings::default()),
+            "iris.ml.svc.cluster.local:8501"
+        );
+    }
+}

@@ -1,0 +1,428 @@
+#!/usr/bin/env bash
+# Local Kubernetes test bed: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+# and kwok (fake nodes, simulated pod lifecycle), all on 127.0.0.1 with free ports.
+#
+#   tests/cluster/cluster.sh up <state-dir> [--watch-pid PID]
+#   tests/cluster/cluster.sh down <state-dir>
+#   tests/cluster/cluster.sh env <state-dir>
+#
+# `up` prints the kubeconfig path on stdout as its last line; progress goes to stderr.
+# With --watch-pid, the cluster is torn down as soon as PID exits.
+# KEEP_CLUSTER_LOGS=1 keeps <state-dir>/logs on `down`.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+self="$here/$(basename "${BASH_SOURCE[0]}")"
+manifests="$here/manifests"
+marker=".mlmodel-operator-cluster"
+# Components, in start order; `down` stops them in reverse.
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+log() { echo "[cluster] $*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+usage() {
+  sed -n '2,10p' "$self" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+now_ms() {
+  local t="${EPOCHREALTIME//[!0-9]/}"
+  echo "${t:0:-3}"
+}
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != "Z" ]]
+}
+
+# ours PID STATE: PID is a live process whose command line mentions the state dir
+# (guards against killing an unrelated process that reused a recorded PID).
+ours() {
+  alive "$1" || return 1
+  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2"
+}
+
+port_in_use() {
+  if command -v ss >/dev/null; then
+    [[ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]]
+  else
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  fi
+}
+
+picked_ports=()
+# pick_port: a free loopback port below the ephemeral range, distinct from earlier picks.
+pick_port() {
+  local p i
+  for ((i = 0; i < 500; i++)); do
+    p=$((20000 + RANDOM % 12000))
+    [[ " ${picked_ports[*]} " == *" $p "* ]] && continue
+    port_in_use "$p" && continue
+    picked_ports+=("$p")
+    echo "$p"
+    return 0
+  done
+  die "no free port found"
+}
+
+abs_path() {
+  mkdir -p "$1"
+  (cd "$1" && pwd)
+}
+
+# start NAME ARGS...: runs a component in its own session (so `down` can signal its whole
+# process group) with output in logs/NAME.log, and records its PID.
+start() {
+  local name="$1"
+  shift
+  setsid "$@" </dev/null >>"$state/logs/$name.log" 2>&1 &
+  echo "$!" >"$state/pids/$name.pid"
+}
+
+require_running() {
+  local name="$1" pid
+  pid="$(cat "$state/pids/$name.pid")"
+  if ! alive "$pid"; then
+    log "$name exited; last lines of $state/logs/$name.log:"
+    tail -n 40 "$state/logs/$name.log" >&2 || true
+    exit 1
+  fi
+}
+
+fail_with_logs() {
+  local name="$1"
+  shift
+  log "error: $*"
+  log "last lines of $state/logs/$name.log:"
+  tail -n 40 "$state/logs/$name.log" >&2 || true
+  exit 1
+}
+
+cmd_up() {
+  [[ $# -ge 1 ]] || usage
+  local watch_pid=""
+  local dir="$1"
+  shift
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --watch-pid)
+        [[ $# -ge 2 ]] || usage
+        watch_pid="$2"
+        shift 2
+        ;;
+      --watch-pid=*)
+        watch_pid="${1#*=}"
+        shift
+        ;;
+      *) usage ;;
+    esac
+  done
+  if [[ -n "$watch_pid" ]]; then
+    [[ "$watch_pid" =~ ^[0-9]+$ ]] || die "--watch-pid needs a PID, got '$watch_pid'"
+    alive "$watch_pid" || die "--watch-pid $watch_pid: no such process"
+  fi
+
+  local t0
+  t0="$(now_ms)"
+  state="$(abs_path "$dir")"
+  if [[ -d "$state/pids" ]]; then
+    local f
+    for f in "$state"/pids/*.pid; do
+      [[ -e "$f" ]] || continue
+      if ours "$(cat "$f")" "$state"; then
+        die "a cluster is already running in $state (run: $self down $state)"
+      fi
+    done
+  fi
+  rm -rf "$state/pids" "$state/etcd" "$state/pki" "$state/kwok"
+  mkdir -p "$state/logs" "$state/pids" "$state/pki" "$state/kwok"
+  touch "$state/$marker"
+
+  local bin
+  bin="$("$here/build.sh")" || die "building the control plane failed"
+  local b
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
+    [[ -x "$bin/$b" ]] || die "missing $bin/$b"
+  done
+
+  trap 'on_up_exit' EXIT
+
+  local etcd_port etcd_peer_port api_port
+  etcd_port="$(pick_port)"
+  etcd_peer_port="$(pick_port)"
+  api_port="$(pick_port)"
+  local url="https://127.0.0.1:$api_port"
+  local pki="$state/pki" kubeconfig="$state/kubeconfig"
+
+  local token
+  token="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  printf '%s,admin,admin,"system:masters"\n' "$token" >"$pki/tokens.csv"
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  chmod 600 "$pki/tokens.csv" "$pki/sa.key"
+
+  start etcd "$bin/etcd" \
+    --name=default \
+    --data-dir="$state/etcd" \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster="default=http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster-state=new \
+    --unsafe-no-fsync \
+    --log-level=warn
+
+  local deadline=$((SECONDS + 30))
+  until curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health" >/dev/null 2>&1; do
+    require_running etcd
+    ((SECONDS < deadline)) || fail_with_logs etcd "etcd not healthy after 30s"
+    sleep 0.2
+  done
+
+  start kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 \
+    --secure-port="$api_port" \
+    --cert-dir="$pki" \
+    --authorization-mode=Node,RBAC \
+    --token-auth-file="$pki/tokens.csv" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --endpoint-reconciler-type=none \
+    --allow-privileged=true \
+    --enable-priority-and-fairness=false \
+    --profiling=false \
+    --v=1
+
+  deadline=$((SECONDS + 60))
+  until curl -ksf --max-time 2 -H "Authorization: Bearer $token" "$url/readyz" >/dev/null 2>&1; do
+    require_running kube-apiserver
+    ((SECONDS < deadline)) || fail_with_logs kube-apiserver "kube-apiserver not ready after 60s"
+    sleep 0.2
+  done
+
+  # The self-signed serving cert file holds the serving cert followed by its CA.
+  awk -v out="$pki/ca.crt" '
+    /-----BEGIN CERTIFICATE-----/ { n++ }
+    n == 2 { print > out }
+  ' "$pki/apiserver.crt"
+  local tls_line
+  if [[ -s "$pki/ca.crt" ]] && curl -sf --max-time 5 --cacert "$pki/ca.crt" \
+    -H "Authorization: Bearer $token" "$url/readyz" >/dev/null 2>&1; then
+    tls_line="certificate-authority-data: $(base64 -w0 <"$pki/ca.crt")"
+  else
+    log "warning: the apiserver's serving cert does not verify against its CA; using insecure-skip-tls-verify"
+    cp "$pki/apiserver.crt" "$pki/ca.crt"
+    tls_line="insecure-skip-tls-verify: true"
+  fi
+  (
+    umask 077
+    cat >"$kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: mlmodel-test
+  cluster:
+    server: $url
+    $tls_line
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: mlmodel-test
+  context:
+    cluster: mlmodel-test
+    user: admin
+    namespace: default
+current-context: mlmodel-test
+EOF
+  )
+
+  start kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig="$kubeconfig" \
+    --secure-port=0 \
+    --controllers='*' \
+    --enable-hostpath-provisioner=true \
+    --service-account-private-key-file="$pki/sa.key" \
+    --root-ca-file="$pki/ca.crt" \
+    --use-service-account-credentials=false \
+    --leader-elect=false \
+    --concurrent-job-syncs=10 \
+    --v=1
+
+  start kube-scheduler "$bin/kube-scheduler" \
+    --kubeconfig="$kubeconfig" \
+    --secure-port=0 \
+    --leader-elect=false \
+    --v=1
+
+  local kwok_config=() f
+  for f in "$manifests"/kwok/*.yaml; do kwok_config+=("--config=$f"); done
+  start kwok env KWOK_WORKDIR="$state/kwok" "$bin/kwok" \
+    --kubeconfig="$kubeconfig" \
+    --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds=40 \
+    --cidr=10.244.0.0/16 \
+    "${kwok_config[@]}"
+
+  local kubectl=("$bin/kubectl" --kubeconfig="$kubeconfig")
+  "${kubectl[@]}" apply -f "$manifests/cluster/" >>"$state/logs/setup.log" 2>&1 ||
+    fail_with_logs setup "applying $manifests/cluster failed"
+
+  deadline=$((SECONDS + 60))
+  until "${kubectl[@]}" wait --for=condition=Ready node -l type=kwok --timeout=2s >>"$state/logs/setup.log" 2>&1; do
+    local c
+    for c in kube-controller-manager kube-scheduler kwok; do require_running "$c"; done
+    ((SECONDS < deadline)) || fail_with_logs kwok "fake nodes not Ready after 60s"
+  done
+  for c in "${components[@]}"; do require_running "$c"; done
+
+  {
+    echo "APISERVER_URL=$url"
+    echo "KUBECONFIG=$kubeconfig"
+    echo "BIN_DIR=$bin"
+    echo "ETCD_URL=http://127.0.0.1:$etcd_port"
+  } >"$state/cluster.env"
+
+  if [[ -n "$watch_pid" ]]; then
+    # shellcheck disable=SC2016 # expanded by the reaper's shell
+    setsid bash -c '
+      tail --pid="$1" -f /dev/null
+      MLMODEL_CLUSTER_REAPER=1 exec "$2" down "$3"
+    ' reaper "$watch_pid" "$self" "$state" </dev/null >>"$state/logs/reaper.log" 2>&1 &
+    echo "$!" >"$state/pids/reaper.pid"
+    disown
+  fi
+
+  trap - EXIT
+  local ms=$(($(now_ms) - t0))
+  log "cluster up in $((ms / 1000)).$(printf '%03d' $((ms % 1000)))s"
+  log "apiserver:  $url"
+  log "kubeconfig: $kubeconfig"
+  log "kubectl:    $bin/kubectl --kubeconfig=$kubeconfig get nodes"
+  [[ -z "$watch_pid" ]] || log "torn down when PID $watch_pid exits"
+  echo "$kubeconfig"
+}
+
+on_up_exit() {
+  local rc=$?
+  if [[ $rc -ne 0 ]]; then
+    log "cluster up failed; stopping what was started (logs kept in $state/logs)"
+    stop_components "$state"
+  fi
+}
+
+# stop_components STATE: SIGTERM every recorded process group, wait, then SIGKILL.
+stop_components() {
+  local st="$1" pids=() f pid i
+  for ((i = ${#components[@]} - 1; i >= 0; i--)); do
+    f="$st/pids/${components[i]}.pid"
+    [[ -f "$f" ]] || continue
+    pid="$(cat "$f")"
+    if ours "$pid" "$st"; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+  done
+  local deadline=$((SECONDS + 15)) killed="" left
+  while :; do
+    left=()
+    for pid in "${pids[@]}"; do alive "$pid" && left+=("$pid"); done
+    [[ ${#left[@]} -eq 0 ]] && break
+    if ((SECONDS >= deadline)); then
+      if [[ -n "$killed" ]]; then
+        log "warning: PIDs still alive: ${left[*]}"
+        break
+      fi
+      log "sending SIGKILL to PIDs ${left[*]}"
+      for pid in "${left[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; done
+      killed=1
+      deadline=$((SECONDS + 5))
+    fi
+    sleep 0.1
+  done
+  rm -f "$st"/pids/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,kwok}.pid
+}
+
+# remove_hostpath_volumes STATE: deletes the directories the host-path provisioner made for
+# PVs still present in the cluster (they would outlive it under /tmp/hostpath_pv).
+remove_hostpath_volumes() {
+  local st="$1" bin path pid
+  [[ -f "$st/cluster.env" && -f "$st/pids/kube-apiserver.pid" ]] || return 0
+  pid="$(cat "$st/pids/kube-apiserver.pid")"
+  ours "$pid" "$st" || return 0
+  bin="$(sed -n 's/^BIN_DIR=//p' "$st/cluster.env")"
+  "$bin/kubectl" --kubeconfig="$st/kubeconfig" --request-timeout=5s get pv \
+    -o jsonpath='{range .items[*]}{.spec.hostPath.path}{"\n"}{end}' 2>/dev/null |
+    while IFS= read -r path; do
+      if [[ "$path" =~ ^/tmp/hostpath_pv/[0-9a-f-]+$ ]]; then rm -rf -- "$path"; fi
+    done || true
+}
+
+cmd_down() {
+  [[ $# -eq 1 ]] || usage
+  [[ -d "$1" ]] || {
+    log "nothing to stop: $1 does not exist"
+    return 0
+  }
+  local st
+  st="$(cd "$1" && pwd)"
+  [[ -f "$st/$marker" ]] || die "$st is not a cluster state dir (no $marker)"
+
+  if [[ -z "${MLMODEL_CLUSTER_REAPER:-}" && -f "$st/pids/reaper.pid" ]]; then
+    local rp
+    rp="$(cat "$st/pids/reaper.pid")"
+    if ours "$rp" "$st"; then kill -TERM -- "-$rp" 2>/dev/null || kill -TERM "$rp" 2>/dev/null || true; fi
+  fi
+  remove_hostpath_volumes "$st"
+  stop_components "$st"
+
+  if [[ "${KEEP_CLUSTER_LOGS:-}" == 1 ]]; then
+    find "$st" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+    log "cluster stopped; logs kept in $st/logs"
+  else
+    rm -rf "$st"
+    log "cluster stopped; removed $st"
+  fi
+}
+
+cmd_env() {
+  [[ $# -eq 1 ]] || usage
+  local st
+  st="$(cd "$1" 2>/dev/null && pwd)" || die "$1 does not exist"
+  [[ -f "$st/cluster.env" ]] || die "no cluster in $st"
+  local bin
+  bin="$(sed -n 's/^BIN_DIR=//p' "$st/cluster.env")"
+  printf 'export KUBECONFIG=%q\n' "$st/kubeconfig"
+  # shellcheck disable=SC2016 # $PATH is expanded where the output is eval'ed
+  printf 'export PATH=%q:"$PATH"\n' "$bin"
+}
+
+state=""
+case "${1:-}" in
+  up)
+    shift
+    cmd_up "$@"
+    ;;
+  down)
+    shift
+    cmd_down "$@"
+    ;;
+  env)
+    shift
+    cmd_env "$@"
+    ;;
+  *) usage ;;
+esac

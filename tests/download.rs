@@ -1,0 +1,727 @@
+//! Integration tests of the model downloader against a local HTTP server.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mlmodel_operator::download::{self, DownloadArgs, DownloadError, redact_url};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the test server answers to one request.
+#[derive(Clone)]
+enum Reply {
+    /// 200 with the whole body.
+    Ok(Vec<u8>),
+    /// The status with an empty body.
+    Status(u16),
+    /// 200 announcing the whole length but sending only `sent` bytes, then closing.
+    Truncated(Vec<u8>, usize),
+    /// 200 sending the body one byte at a time, `pause` apart.
+    Slow(Vec<u8>, Duration),
+}
+
+type Script = dyn Fn(usize, &str) -> Reply + Send + Sync;
+
+/// A tiny HTTP/1.1 server: one response per connection, requests counted.
+struct Server {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Server {
+    async fn start(script: impl Fn(usize, &str) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let script: Arc<Script> = Arc::new(script);
+        let counter = Arc::clone(&hits);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let script = Arc::clone(&script);
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let _ = handle(stream, script, counter).await;
+                });
+            }
+        });
+        Self { addr, hits }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn handle(mut stream: TcpStream, script: Arc<Script>, counter: Arc<AtomicUsize>) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let index = counter.fetch_add(1, Ordering::SeqCst);
+    let reply = script(index, &path);
+    let header =
+        |status: &str, len: usize| format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    match reply {
+        Reply::Ok(body) => {
+            stream.write_all(header("200 OK", body.len()).as_bytes()).await?;
+            stream.write_all(&body).await?;
+        }
+        Reply::Status(code) => {
+            stream
+                .write_all(header(&format!("{code} Status"), 0).as_bytes())
+                .await?;
+        }
+        Reply::Truncated(body, sent) => {
+            stream.write_all(header("200 OK", body.len()).as_bytes()).await?;
+            stream.write_all(&body[..sent]).await?;
+        }
+        Reply::Slow(body, pause) => {
+            stream.write_all(header("200 OK", body.len()).as_bytes()).await?;
+            for byte in body {
+                stream.write_all(&[byte]).await?;
+                stream.flush().await?;
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dest: PathBuf,
+    log: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("models");
+        std::fs::create_dir(&dest).unwrap();
+        let log = tmp.path().join("termination-log");
+        Self { _tmp: tmp, dest, log }
+    }
+
+    fn args(&self, url: &str) -> DownloadArgs {
+        DownloadArgs {
+            url: url.to_string(),
+            dest: self.dest.clone(),
+            model_name: "resnet".to_string(),
+            version: 1,
+            sha256: None,
+            timeout: 30,
+            retries: 3,
+            termination_log: self.log.clone(),
+            s3_endpoint: None,
+        }
+    }
+
+    fn version_dir(&self) -> PathBuf {
+        self.dest.join("resnet").join("1")
+    }
+
+    fn log_line(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Nothing of a failed run may remain: no model directory, no temporary directory.
+    fn assert_clean(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn model_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(encoder);
+    for (path, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, path, *data).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// A tar whose entry names are written raw, bypassing the builder's own path checks.
+fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in entries {
+        let mut header = tar::Header::new_old();
+        let field = &mut header.as_old_mut().name;
+        field[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(*kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        if !link.is_empty() {
+            let field = &mut header.as_old_mut().linkname;
+            field[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (path, data) in entries {
+        if path.ends_with('/') {
+            writer.add_directory(*path, options).unwrap();
+        } else {
+            writer.start_file(*path, options).unwrap();
+            writer.write_all(data).unwrap();
+        }
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn single_file_is_placed_under_its_name() {
+    let body = model_bytes(100_000);
+    let served = body.clone();
+    let server = Server::start(move |_, _| Reply::Ok(served.clone())).await;
+    let fx = Fixture::new();
+
+    let report = download::run(fx.args(&server.url("/models/model.onnx"))).await.unwrap();
+
+    assert_eq!(report.bytes, body.len() as u64);
+    assert_eq!(report.sha256, sha256(&body));
+    assert_eq!(report.attempts, 1);
+    assert!(!report.skipped);
+    assert_eq!(report.path, fx.version_dir());
+    assert_eq!(std::fs::read(fx.version_dir().join("model.onnx")).unwrap(), body);
+    assert_eq!(
+        dir_names(&fx.version_dir()),
+        vec![".mlmodel-download.json", "model.onnx"]
+    );
+    assert_eq!(dir_names(&fx.dest), vec!["resnet"]);
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.version_dir().join(".mlmodel-download.json")).unwrap()).unwrap();
+    assert_eq!(marker["sha256"], sha256(&body));
+    assert_eq!(marker["size"], body.len() as u64);
+    assert_eq!(marker["url"], server.url("/models/model.onnx"));
+    assert!(!fx.log.exists(), "no termination log on success");
+}
+
+#[tokio::test]
+async fn not_found_is_permanent_and_reported() {
+    let server = Server::start(|_, _| Reply::Status(404)).await;
+    let fx = Fixture::new();
+    let url = server.url("/path/model.tar.gz");
+
+    let err = download::run(fx.args(&url)).await.unwrap_err();
+
+    assert!(matches!(err, DownloadError::NotFound(_)), "{err:?}");
+    assert_eq!(fx.log_line(), format!("NotFound: HTTP 404 fetching {url}"));
+    assert_eq!(server.hits(), 1, "404 is not retried");
+    fx.assert_clean();
+}
+
+#[tokio::test]
+async fn unauthorized_is_auth_failed_without_retry() {
+    let server = Server::start(|_, _| Reply::Status(403)).await;
+    let fx = Fixture::new();
+
+    let err = download::run(fx.args(&server.url("/m.bin"))).await.unwrap_err();
+
+    assert_eq!(err.category(), "AuthFailed");
+    assert!(fx.log_line().starts_with("AuthFailed: HTTP 403 fetching"));
+    assert_eq!(server.hits(), 1);
+    fx.assert_clean();
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_success() {
+    let body = model_bytes(5000);
+    let served = body.clone();
+    let server = Server::start(move |i, _| match i {
+        0 => Reply::Status(500),
+        1 => Reply::Status(429),
+        _ => Reply::Ok(served.clone()),
+    })
+    .await;
+    let fx = Fixture::new();
+
+    let report = download::run(fx.args(&server.url("/m.bin"))).await.unwrap();
+
+    assert_eq!(report.attempts, 3);
+    assert_eq!(server.hits(), 3);
+    assert_eq!(std::fs::read(fx.version_dir().join("m.bin")).unwrap(), body);
+}
+
+#[tokio::test]
+async fn persistent_server_errors_end_as_unavailable() {
+    let server = Server::start(|_, _| Reply::Status(503)).await;
+    let fx = Fixture::new();
+    let mut args = fx.args(&server.url("/m.bin"));
+    args.retries = 1;
+
+    let err = download::run(args).await.unwrap_err();
+
+    assert_eq!(err.category(), "Unavailable");
+    assert_eq!(server.hits(), 2, "one try and one retry");
+    let line = fx.log_line();
+    assert!(line.starts_with("Unavailable: HTTP 503 fetching"), "{line}");
+    fx.assert_clean();
+}
+
+#[tokio::test]
+async fn connection_refused_is_unavailable() {
+    // Bind and drop a listener so that the port is very likely closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fx = Fixture::new();
+    let mut args = fx.args(&format!("http://127.0.0.1:{port}/m.bin"));
+    args.retries = 1;
+
+    let err = download::run(args).await.unwrap_err();
+
+    assert_eq!(err.category(), "Unavailable", "{err}");
+    eprintln!("{}", fx.log_line());
+    assert!(fx.log_line().starts_with("Unavailable: "));
+    fx.assert_clean();
+}
+
+#[tokio::test]
+async fn slow_server_hits_the_deadline() {
+    let server = Server::start(|_, _| Reply::Slow(model_bytes(1000), Duration::from_millis(50))).await;
+    let fx = Fixture::new();
+    let mut args = fx.args(&server.url("/m.bin"));
+    args.timeout = 1;
+
+    let started = Instant::now();
+    let err = download::run(args).await.unwrap_err();
+
+    assert_eq!(err.category(), "Timeout", "{err}");
+    eprintln!("{}", fx.log_line());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(fx.log_line().starts_with("Timeout: "));
+    fx.assert_clean();
+}
+
+#[tokio::test]
+async fn truncated_body_is_retried() {
+    let body = model_bytes(50_000);
+    let served = body.clone();
+    let server = Server::start(move |i, _| match i {
+        0 => Reply::Truncated(served.clone(), 20_000),
+        _ => Reply::Ok(served.clone()),
+    })
+    .await;
+    let fx = Fixture::new();
+
+    let report = download::run(fx.args(&server.url("/m.bin"))).await.unwrap();
+
+    assert_eq!(report.attempts, 2);
+    assert_eq!(report.sha256, sha256(&body));
+    assert_eq!(std::fs::read(fx.version_dir().join("m.bin")).unwrap(), body);
+}
+
+#[tokio::test]
+async fn always_truncated_body_fails_after_retries() {
+    let server = Server::start(|_, _| Reply::Truncated(model_bytes(50_000), 100)).await;
+    let fx = Fixture::new();
+    let mut args = fx.args(&server.url("/m.bin"));
+    args.retries = 1;
+
+    let err = download::run(args).await.unwrap_err();
+
+    assert_eq!(err.category(), "Unavailable", "{err}");
+    eprintln!("{}", fx.log_line());
+    assert_eq!(server.hits(), 2);
+    fx.assert_clean();
+}
+
+#[tokio::test]
+async fn matching_checksum_is_accepted() {
+    let body = model_bytes(10_000);
+    let served = body.clone();
+    let server = Server::start(move |_, _| Reply::Ok(served.clone())).await;
+    let fx = Fixture::new();
+    let mut args = fx.args(&server.url("/m.bin"));
+    args.sha256 = Some(sha256(&body));
+
+    let report = download::run(args).await.unwrap();
+
+    assert_eq!(report.sha256, sha256(&body));
+}
+
+#[tokio::test]
+async fn checksum_mismatch_leaves_nothing() {
+    let body = model_bytes(10_000);
+    let served = body.clone();
+    let server = Server::start(move |_, _| Reply::Ok(served.clone())).await;
+    let fx = Fixture::new();
+    let mut args = fx.args(&server.url("/m.tar.gz"));
+    let wrong = "0".repeat(64);
+    args.sha256 = Some(wrong.clone());
+
+    let err = download::run(args).await.unwrap_err();
+
+    assert_eq!(err.category(), "ChecksumMismatch");
+    assert_eq!(
+        fx.log_line(),
+        format!("ChecksumMismatch: expected {wrong}, got {}", sha256(&body))
+    );
+    assert_eq!(server.hits(), 1, "a mismatch is not retried");
+    fx.assert_clean();
+}
+
+#[tokio::test]
+async fn tar_gz_with_top_level_directory_is_flattened() {
+    let archive = tar_gz(&[
+        ("my-model/saved_model.pb", b"graph"),
+        ("my-model/variables/variables.index", b"index"),
+    ]);
+    let server = Server::start(move |_, _| Reply::Ok(archive.clone())).await;
+    let fx = Fixture::new();
+
+    download::run(fx.args(&server.url("/m.tar.gz"))).await.unwrap();
+
+    let version = fx.version_dir();
+    assert_eq!(std::fs::read(version.join("saved_model.pb")).unwrap(), b"graph");
+    assert_eq!(
+        std::fs::read(version.join("variables/variables.index")).unwrap(),
+        b"index"
+    );
+    assert_eq!(
+        dir_names(&version),
+        vec![".mlmodel-download.json", "saved_model.pb", "variables"]
+    );
+    assert_eq!(dir_names(&fx.dest), vec!["resnet"], "temporary directory removed");
+}
+
+#[tokio::test]
+async fn zip_is_unpacked() {
+    let archive = zip(&[
+        ("saved_model.pb", b"graph"),
+        ("variables/", b""),
+        ("variables/variables.data-00000-of-00001", b"weights"),
+    ]);
+    let server = Server::start(move |_, _| Reply::Ok(archive.clone())).await;
+    let fx = Fixture::new();
+
+    download::run(fx.args(&server.url("/export/model.zip"))).await.unwrap();
+
+    let version = fx.version_dir();
+    assert_eq!(std::fs::read(version.join("saved_model.pb")).unwrap(), b"graph");
+    assert_eq!(
+        std::fs::read(version.join("variables/variables.data-00000-of-00001")).unwrap(),
+        b"weights"
+    );
+}
+
+async fn assert_rejected_archive(name: &str, archive: Vec<u8>) {
+    let server = Server::start(move |_, _| Reply::Ok(archive.clone())).await;
+    let fx = Fixture::new();
+    let outside = fx.dest.parent().unwrap().to_path_buf();
+    let before = dir_names(&outside);
+
+    let err = download::run(fx.args(&server.url(&format!("/{name}"))))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.category(), "InvalidArchive", "{err}");
+    eprintln!("{}", fx.log_line());
+    assert!(fx.log_line().starts_with("InvalidArchive: "), "{}", fx.log_line());
+    fx.assert_clean();
+    let mut after = dir_names(&outside);
+    after.retain(|n| n != "termination-log");
+    assert_eq!(before, after, "nothing written outside the volume");
+    assert!(!Path::new("/tmp/mlmodel-evil-absolute").exists());
+}
+
+#[tokio::test]
+async fn tar_with_parent_dir_entry_is_rejected() {
+    let archive = raw_tar(&[
+        ("saved_model.pb", tar::EntryType::Regular, "", b"ok"),
+        ("../evil", tar::EntryType::Regular, "", b"evil"),
+    ]);
+    assert_rejected_archive("m.tar", archive).await;
+}
+
+#[tokio::test]
+async fn tar_with_absolute_entry_is_rejected() {
+    let archive = raw_tar(&[("/tmp/mlmodel-evil-absolute", tar::EntryType::Regular, "", b"evil")]);
+    assert_rejected_archive("m.tar", archive).await;
+}
+
+#[tokio::test]
+async fn tar_with_escaping_symlink_is_rejected() {
+    let archive = raw_tar(&[
+        ("link", tar::EntryType::Symlink, "../../..", b""),
+        ("link/evil", tar::EntryType::Regular, "", b"evil"),
+    ]);
+    assert_rejected_archive("m.tar", archive).await;
+}
+
+#[tokio::test]
+async fn tar_with_escaping_hard_link_is_rejected() {
+    let archive = raw_tar(&[("hard", tar::EntryType::Link, "/etc/passwd", b"")]);
+    assert_rejected_archive("m.tar", archive).await;
+}
+
+#[tokio::test]
+async fn zip_with_parent_dir_entry_is_rejected() {
+    let archive = zip(&[("../evil", b"evil")]);
+    assert_rejected_archive("m.zip", archive).await;
+}
+
+#[tokio::test]
+async fn corrupt_archive_is_rejected() {
+    assert_rejected_archive("m.tar.gz", b"definitely not gzip".to_vec()).await;
+}
+
+#[tokio::test]
+async fn rerun_with_marker_does_not_fetch() {
+    let body = model_bytes(1000);
+    let served = body.clone();
+    let server = Server::start(move |_, _| Reply::Ok(served.clone())).await;
+    let fx = Fixture::new();
+    let url = server.url("/m.bin");
+
+    let first = download::run(fx.args(&url)).await.unwrap();
+    assert!(!first.skipped);
+
+    let mut again = fx.args(&url);
+    again.sha256 = Some(sha256(&body));
+    let second = download::run(again).await.unwrap();
+
+    assert!(second.skipped);
+    assert_eq!(second.attempts, 0);
+    assert_eq!(second.sha256, first.sha256);
+    assert_eq!(second.bytes, first.bytes);
+    assert_eq!(server.hits(), 1, "the second run did not hit the server");
+}
+
+#[tokio::test]
+async fn rerun_with_other_digest_replaces_the_version() {
+    let old = model_bytes(1000);
+    let new = model_bytes(2000);
+    let served = (old.clone(), new.clone());
+    let server = Server::start(move |i, _| Reply::Ok(if i == 0 { served.0.clone() } else { served.1.clone() })).await;
+    let fx = Fixture::new();
+    let url = server.url("/m.bin");
+
+    download::run(fx.args(&url)).await.unwrap();
+    let mut again = fx.args(&url);
+    again.sha256 = Some(sha256(&new));
+    let report = download::run(again).await.unwrap();
+
+    assert!(!report.skipped);
+    assert_eq!(std::fs::read(fx.version_dir().join("m.bin")).unwrap(), new);
+    assert_eq!(dir_names(&fx.dest), vec!["resnet"]);
+}
+
+#[tokio::test]
+async fn shell_metacharacters_are_just_data() {
+    let server = Server::start(|_, _| Reply::Status(404)).await;
+    let fx = Fixture::new();
+    let canary = fx.dest.parent().unwrap().join("pwned");
+    let canary = canary.display();
+
+    for url in [
+        "; rm -rf /".to_string(),
+        format!("$(touch {canary})"),
+        format!("`touch {canary}`"),
+        server.url(&format!("/m.bin;touch%20{canary}")),
+        server.url(&format!("/$(touch%20{canary})")),
+        server.url(&format!("/`touch%20{canary}`")),
+    ] {
+        let err = download::run(fx.args(&url)).await.unwrap_err();
+        assert!(matches!(err.category(), "InvalidURL" | "NotFound"), "{url}: {err}");
+        fx.assert_clean();
+    }
+    assert!(!fx.dest.parent().unwrap().join("pwned").exists());
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_never_reach_the_log() {
+    let server = Server::start(|_, _| Reply::Status(404)).await;
+    let fx = Fixture::new();
+    let url = format!(
+        "http://user:hunter2@{}/m.bin?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef",
+        server.addr
+    );
+
+    let err = download::run(fx.args(&url)).await.unwrap_err();
+
+    let line = fx.log_line();
+    assert_eq!(line, format!("NotFound: HTTP 404 fetching {}", server.url("/m.bin")));
+    for secret in ["hunter2", "AKIAEXAMPLE", "deadbeef"] {
+        assert!(!line.contains(secret));
+        assert!(!err.to_string().contains(secret));
+    }
+    assert_eq!(redact_url(&url), server.url("/m.bin"));
+}
+
+#[tokio::test]
+async fn invalid_arguments_are_reported() {
+    let fx = Fixture::new();
+    let mut args = fx.args("http://127.0.0.1:9/m.bin");
+    args.model_name = "../etc".into();
+    let err = download::run(args).await.unwrap_err();
+    assert_eq!(err.category(), "InvalidArgument");
+    assert!(fx.log_line().starts_with("InvalidArgument: "));
+
+    let mut args = fx.args("ftp://example.com/m.bin");
+    args.sha256 = None;
+    let err = download::run(args).await.unwrap_err();
+    assert_eq!(err.category(), "InvalidURL");
+    fx.assert_clean();
+}
+
+/// Serves `root` (one directory per bucket) as an S3-compatible endpoint that checks
+/// SigV4 signatures made with the given key pair.
+async fn start_s3(root: &Path, access_key: &str, secret_key: &str) -> String {
+    let fs = s3s_fs::FileSystem::new(root).unwrap();
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
+    let service = builder.build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+const S3_ACCESS_KEY: &str = "AKIDMLMODELTEST";
+const S3_SECRET_KEY: &str = "mlmodel-test-secret-key";
+
+/// The S3 download itself. It needs AWS credentials in the environment, which a test
+/// must not change in its own multi-threaded process, so [`s3_download`] runs it in a
+/// child process with the variables set.
+#[tokio::test]
+#[ignore = "run by s3_download in a child process with AWS credentials set"]
+async fn s3_download_in_child() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = tmp.path().join("s3");
+    let object_dir = storage.join("models-bucket").join("exports");
+    std::fs::create_dir_all(&object_dir).unwrap();
+    let archive = tar_gz(&[("saved_model.pb", b"graph"), ("variables/variables.index", b"index")]);
+    std::fs::write(object_dir.join("model.tar.gz"), &archive).unwrap();
+    let endpoint = start_s3(&storage, S3_ACCESS_KEY, S3_SECRET_KEY).await;
+    let fx = Fixture::new();
+
+    let mut args = fx.args("s3://models-bucket/exports/model.tar.gz");
+    args.s3_endpoint = Some(endpoint.clone());
+    args.sha256 = Some(sha256(&archive));
+    let report = download::run(args).await.unwrap();
+
+    assert_eq!(report.sha256, sha256(&archive));
+    assert_eq!(
+        std::fs::read(fx.version_dir().join("saved_model.pb")).unwrap(),
+        b"graph"
+    );
+
+    let mut missing = fx.args("s3://models-bucket/exports/absent.tar.gz");
+    missing.s3_endpoint = Some(endpoint);
+    missing.version = 2;
+    let err = download::run(missing).await.unwrap_err();
+    assert_eq!(err.category(), "NotFound", "{err}");
+    assert_eq!(
+        fx.log_line(),
+        "NotFound: HTTP 404 fetching s3://models-bucket/exports/absent.tar.gz"
+    );
+}
+
+/// Signs with a secret the server does not know.
+#[tokio::test]
+#[ignore = "run by s3_wrong_secret in a child process with AWS credentials set"]
+async fn s3_wrong_secret_in_child() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = tmp.path().join("s3");
+    std::fs::create_dir_all(storage.join("models-bucket")).unwrap();
+    std::fs::write(storage.join("models-bucket").join("m.bin"), b"weights").unwrap();
+    let endpoint = start_s3(&storage, S3_ACCESS_KEY, S3_SECRET_KEY).await;
+    let fx = Fixture::new();
+
+    let mut args = fx.args("s3://models-bucket/m.bin");
+    args.s3_endpoint = Some(endpoint);
+    let err = download::run(args).await.unwrap_err();
+
+    assert_eq!(err.category(), "AuthFailed", "{err}");
+    assert!(fx.log_line().starts_with("AuthFailed: "), "{}", fx.log_line());
+    assert!(!fx.log_line().contains("wrong-secret"));
+    fx.assert_clean();
+}
+
+/// Runs one of the `*_in_child` tests in a child process with the given AWS secret.
+fn run_s3_child(test: &str, secret_key: &str) {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--ignored", "--test-threads=1"])
+        .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", secret_key)
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn s3_download() {
+    run_s3_child("s3_download_in_child", S3_SECRET_KEY);
+}
+
+#[test]
+fn s3_wrong_secret() {
+    run_s3_child("s3_wrong_secret_in_child", "wrong-secret");
+}

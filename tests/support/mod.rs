@@ -1,0 +1,417 @@
+//! Shared support for the integration tests: a local Kubernetes control plane started once
+//! per test binary (`tests/cluster/cluster.sh`), one namespace per test, and wait helpers.
+//!
+//! Use it from a test binary with `mod support;`.
+//!
+//! The cluster is started on first use and torn down by the script's reaper as soon as the
+//! test binary exits (also when it is killed). Set `MLMODEL_TEST_CLUSTER=<state-dir>` to
+//! reuse a cluster already started with `tests/cluster/cluster.sh up <state-dir>`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Label that makes kwok fail a pod (phase Failed, containers terminated with exit code 1,
+/// reason `Error`).
+pub const FAIL_LABEL: &str = "kwok.x-k8s.io/fail";
+/// Annotation whose value kwok writes to `state.terminated.message` of a failed pod.
+pub const TERMINATION_MESSAGE_ANNOTATION: &str = "kwok.x-k8s.io/termination-message";
+/// Annotation whose value kwok writes to `state.terminated.exitCode` of a failed pod.
+pub const EXIT_CODE_ANNOTATION: &str = "kwok.x-k8s.io/exit-code";
+/// Names of the fake nodes kwok keeps Ready.
+pub const NODES: [&str; 2] = ["kwok-node-0", "kwok-node-1"];
+
+/// A running local cluster.
+#[derive(Debug)]
+pub struct TestCluster {
+    /// Admin kubeconfig (token in group `system:masters`).
+    pub kubeconfig: PathBuf,
+    /// Directory holding `kubectl`, `kube-apiserver`, `etcd`, `kwok`, ...
+    pub bin_dir: PathBuf,
+    /// State directory of the cluster (logs in `logs/`).
+    pub state_dir: PathBuf,
+    /// `https://127.0.0.1:<port>`
+    pub apiserver_url: String,
+}
+
+static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
+
+/// The cluster shared by every test of this binary, started on first call.
+///
+/// Panics with the start-up script's output when the cluster cannot start (in every test
+/// that asks for it; the start is attempted once).
+pub fn cluster() -> &'static TestCluster {
+    let cluster = CLUSTER.get_or_init(|| match std::env::var_os("MLMODEL_TEST_CLUSTER") {
+        Some(dir) if !dir.is_empty() => TestCluster::existing(PathBuf::from(dir)),
+        _ => TestCluster::start(),
+    });
+    match cluster {
+        Ok(cluster) => cluster,
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// Admin client for the shared cluster (one per test: a client is bound to its runtime).
+pub async fn client() -> Client {
+    cluster().client().await
+}
+
+/// A fresh namespace in the shared cluster, deleted when dropped.
+pub async fn namespace(prefix: &str) -> TestNamespace {
+    TestNamespace::create(prefix, BTreeMap::new()).await
+}
+
+/// A fresh namespace enforcing the `restricted` Pod Security Standard.
+pub async fn restricted_namespace(prefix: &str) -> TestNamespace {
+    let labels = BTreeMap::from([("pod-security.kubernetes.io/enforce".to_owned(), "restricted".to_owned())]);
+    TestNamespace::create(prefix, labels).await
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl TestCluster {
+    fn start() -> Result<Self, String> {
+        let script = repo_root().join("tests/cluster/cluster.sh");
+        let state_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "cluster-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let started = Instant::now();
+        let output = Command::new(&script)
+            .arg("up")
+            .arg(&state_dir)
+            .arg("--watch-pid")
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "local test cluster failed to start ({}, after {:.1?}); state dir {}\n\
+                 --- stdout ---\n{}\n--- stderr ---\n{}",
+                output.status,
+                started.elapsed(),
+                state_dir.display(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+            ));
+        }
+        eprintln!(
+            "local test cluster up in {:.1?} (state dir {})",
+            started.elapsed(),
+            state_dir.display()
+        );
+        Self::existing(state_dir)
+    }
+
+    fn existing(state_dir: PathBuf) -> Result<Self, String> {
+        let path = state_dir.join("cluster.env");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let env: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+        let get = |key: &str| {
+            env.get(key)
+                .map(|v| (*v).to_owned())
+                .ok_or_else(|| format!("{key} missing in {}", path.display()))
+        };
+        Ok(Self {
+            kubeconfig: PathBuf::from(get("KUBECONFIG")?),
+            bin_dir: PathBuf::from(get("BIN_DIR")?),
+            apiserver_url: get("APISERVER_URL")?,
+            state_dir,
+        })
+    }
+
+    /// kube client configuration for the admin identity.
+    pub async fn config(&self) -> Config {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.kubeconfig.display()));
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("loading {}: {e}", self.kubeconfig.display()))
+    }
+
+    /// An admin client; build one per test (clients are bound to the runtime they were made on).
+    pub async fn client(&self) -> Client {
+        Client::try_from(self.config().await).expect("building the kube client")
+    }
+
+    /// `kubectl --kubeconfig <admin kubeconfig>`.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("kubectl"));
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd
+    }
+
+    /// Runs kubectl with `args`, panicking with its output unless it succeeds; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        run_ok(self.kubectl().args(args))
+    }
+
+    /// `kubectl apply -f -` with `yaml` on stdin; panics unless it succeeds.
+    pub fn apply_yaml(&self, namespace: Option<&str>, yaml: &str) -> String {
+        let mut cmd = self.kubectl();
+        if let Some(ns) = namespace {
+            cmd.arg("--namespace").arg(ns);
+        }
+        cmd.args(["apply", "-f", "-"]);
+        run_with_stdin(&mut cmd, yaml)
+    }
+
+    /// Path of a component's log (`etcd`, `kube-apiserver`, `kube-controller-manager`,
+    /// `kube-scheduler`, `kwok`).
+    pub fn log_path(&self, component: &str) -> PathBuf {
+        self.state_dir.join("logs").join(format!("{component}.log"))
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", describe(cmd)));
+    check_output(cmd, &out)
+}
+
+fn run_with_stdin(cmd: &mut Command, input: &str) -> String {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", describe(cmd)));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .expect("writing kubectl stdin");
+    let out = child.wait_with_output().expect("waiting for kubectl");
+    check_output(cmd, &out)
+}
+
+fn check_output(cmd: &Command, out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+        describe(cmd),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A namespace owned by one test; deleted (without waiting) on drop.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+    cluster: &'static TestCluster,
+}
+
+impl TestNamespace {
+    async fn create(prefix: &str, labels: BTreeMap<String, String>) -> Self {
+        let cluster = cluster();
+        let client = cluster.client().await;
+        let mut base: String = prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .take(50)
+            .collect();
+        base = base.trim_matches('-').to_owned();
+        if base.is_empty() {
+            base.push_str("test");
+        }
+        let name = format!("{base}-{:08x}", rand::random::<u32>());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        let this = Self { name, client, cluster };
+        // Pods can only be created once the ServiceAccount controller made `default`.
+        wait_for(
+            &this.api::<ServiceAccount>(),
+            "default",
+            Duration::from_secs(30),
+            |_| true,
+        )
+        .await;
+        this
+    }
+
+    /// A namespaced API in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// `kubectl --kubeconfig <admin> --namespace <this>`.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = self.cluster.kubectl();
+        cmd.arg("--namespace").arg(&self.name);
+        cmd
+    }
+
+    /// `kubectl apply -f -` in this namespace; panics unless it succeeds.
+    pub fn apply_yaml(&self, yaml: &str) -> String {
+        self.cluster.apply_yaml(Some(&self.name), yaml)
+    }
+}
+
+impl Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = self
+            .cluster
+            .kubectl()
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .args(["--ignore-not-found", "--request-timeout=10s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn object_ref<K: Resource<DynamicType = ()>>(api: &Api<K>, name: &str) -> String {
+    let kind = K::kind(&());
+    match api.namespace() {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+fn dump<K: Serialize>(obj: &K) -> String {
+    serde_yaml::to_string(obj).unwrap_or_else(|e| format!("<unserializable: {e}>"))
+}
+
+/// Waits until object `name` exists and satisfies `condition`; returns it.
+/// Panics on timeout with the object's last state.
+pub async fn wait_for<K, F>(api: &Api<K>, name: &str, timeout: Duration, condition: F) -> K
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + 'static,
+    F: Fn(&K) -> bool,
+{
+    let what = object_ref(api, name);
+    let cond = |obj: Option<&K>| obj.is_some_and(&condition);
+    let waited = tokio::time::timeout(timeout, kube::runtime::wait::await_condition(api.clone(), name, cond)).await;
+    match waited {
+        Ok(Ok(Some(obj))) => obj,
+        Ok(Ok(None)) => panic!("{what}: condition matched a missing object"),
+        Ok(Err(e)) => panic!("{what}: watch failed: {e}"),
+        Err(_) => {
+            let last = match api.get_opt(name).await {
+                Ok(Some(obj)) => dump(&obj),
+                Ok(None) => "<does not exist>".to_owned(),
+                Err(e) => format!("<get failed: {e}>"),
+            };
+            panic!("{what}: condition not met within {timeout:?}; last state:\n{last}")
+        }
+    }
+}
+
+/// Waits until object `name` no longer exists. Panics on timeout with the object's last state.
+pub async fn wait_for_deletion<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + 'static,
+{
+    let what = object_ref(api, name);
+    let waited = tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api.clone(), name, kube::runtime::wait::conditions::is_deleted("")),
+    )
+    .await;
+    match waited {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("{what}: watch failed: {e}"),
+        Err(_) => {
+            let last = match api.get_opt(name).await {
+                Ok(Some(obj)) => dump(&obj),
+                Ok(None) => return,
+                Err(e) => format!("<get failed: {e}>"),
+            };
+            panic!("{what}: still present after {timeout:?}; last state:\n{last}")
+        }
+    }
+}
+
+/// Polls `probe` every 200 ms until it returns `Some`, which is returned.
+/// Panics after `timeout`, naming `what`.
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether a `status.conditions`-style list has `type_` with status `"True"`.
+pub fn has_true_condition<'a, I>(conditions: I, type_: &str) -> bool
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    conditions.into_iter().any(|(t, s)| t == type_ && s == "True")
+}
+
+/// Names of the objects, for assertion messages.
+pub fn names<K: ResourceExt>(objs: &[K]) -> Vec<String> {
+    objs.iter().map(ResourceExt::name_any).collect()
+}
