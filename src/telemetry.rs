@@ -32,7 +32,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// Log filter used when `RUST_LOG` is unset or empty.
-pub const DEFAULT_LOG_FILTER: &str = "info,kube=warn,tower=warn,hyper=warn";
+pub const DEFAULT_LOG_FILTER: &str = "info,kube=warn,tower=warn,hyper=warn,ractor=warn";
 
 /// Environment variable carrying a W3C `traceparent` into a download Job.
 pub const TRACEPARENT_ENV: &str = "TRACEPARENT";

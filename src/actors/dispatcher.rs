@@ -32,7 +32,7 @@ pub enum ChildUpdate {
     /// A download Job changed or is gone.
     Job(String, Option<observe::JobObs>),
     /// A pod changed or is gone.
-    Pod(String, Option<observe::PodObs>),
+    Pod(String, Option<Box<observe::PodObs>>),
     /// The Deployment changed or is gone.
     Deployment(Option<observe::DeploymentObs>),
     /// The Service changed or is gone.
@@ -188,7 +188,12 @@ pub fn start(client: Client, route: Route) -> (Caches, watch::Receiver<bool>) {
         w,
         ready.clone(),
         route.clone(),
-        |p: &Pod, deleted| child(p, ChildUpdate::Pod(p.name_any(), (!deleted).then(|| observe::pod(p)))),
+        |p: &Pod, deleted| {
+            child(
+                p,
+                ChildUpdate::Pod(p.name_any(), (!deleted).then(|| Box::new(observe::pod(p)))),
+            )
+        },
     );
     let (deployments, w) = reflector::store();
     spawn_stream(

@@ -99,7 +99,7 @@ impl ModelState {
                     }
                 }
                 o.pods.retain(|p| p.name != name);
-                o.pods.extend(pod);
+                o.pods.extend(pod.map(|p| *p));
                 o.pods.sort_by(|a, b| a.name.cmp(&b.name));
             }
         }

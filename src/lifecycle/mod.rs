@@ -705,9 +705,7 @@ impl Report {
         };
         self.status.conditions.retain(|c| c.type_ != type_);
         self.status.conditions.push(condition);
-        self.status
-            .conditions
-            .sort_by(|a, b| condition_rank(&a.type_).cmp(&condition_rank(&b.type_)));
+        self.status.conditions.sort_by_key(|c| condition_rank(&c.type_));
     }
 
     fn phase(&mut self, phase: Phase, reason: &str, message: String) {
@@ -816,3 +814,6 @@ pub fn transition_event(old: Option<&MLModelStatus>, new: &MLModelStatus) -> Opt
         note: new.message.clone().unwrap_or_else(|| phase.as_str().to_owned()),
     })
 }
+
+#[cfg(test)]
+mod tests;

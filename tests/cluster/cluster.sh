@@ -45,7 +45,7 @@ alive() {
 # (guards against killing an unrelated process that reused a recorded PID).
 ours() {
   alive "$1" || return 1
-  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2"
+  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2/"
 }
 
 port_in_use() {
@@ -301,7 +301,7 @@ EOF
     setsid bash -c '
       tail --pid="$1" -f /dev/null
       MLMODEL_CLUSTER_REAPER=1 exec "$2" down "$3"
-    ' reaper "$watch_pid" "$self" "$state" </dev/null >>"$state/logs/reaper.log" 2>&1 &
+    ' reaper "$watch_pid" "$self" "$state/" </dev/null >>"$state/logs/reaper.log" 2>&1 &
     echo "$!" >"$state/pids/reaper.pid"
     disown
   fi

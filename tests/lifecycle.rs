@@ -1,0 +1,361 @@
+//! The model lifecycle on a real control plane: apply → Ready, children and their owners,
+//! phases, conditions and Events, scale, spec changes, healing, deletion.
+
+mod operator;
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use mlmodel_operator::api::{MLModel, Phase};
+use support::TestNamespace;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn model_yaml(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: oda.tmforum.org/v1beta1\nkind: MLModel\nmetadata:\n  name: {name}\nspec:\n  \
+         modelURL: https://models.example.com/{name}/model.tar.gz\n{extra}"
+    )
+}
+
+fn condition(m: &MLModel, type_: &str) -> Option<(String, String)> {
+    let c = m.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+fn is_ready(m: &MLModel) -> bool {
+    m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+        && m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation
+}
+
+async fn setup(prefix: &str) -> TestNamespace {
+    operator::shared();
+    support::namespace(prefix).await
+}
+
+async fn events_for(ns: &TestNamespace, name: &str) -> Vec<Event> {
+    let mut events: Vec<Event> = ns
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect();
+    events.sort_by_key(|e| {
+        e.event_time
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    });
+    events
+}
+
+#[tokio::test]
+async fn apply_to_ready_creates_owned_children_and_reports_every_phase() {
+    let ns = setup("ready").await;
+    let poc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/samples/iris-poc.yaml")).unwrap();
+    ns.apply_yaml(&poc);
+    let models = ns.api::<MLModel>();
+    let model = support::wait_for(&models, "iris", TIMEOUT, is_ready).await;
+    let uid = model.uid().unwrap();
+    let status = model.status.clone().unwrap();
+
+    // Children exist, each owned by the model.
+    let owned = |refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
+        refs.is_some_and(|r| r.iter().any(|o| o.uid == uid && o.controller == Some(true)))
+    };
+    let pvc = ns.api::<PersistentVolumeClaim>().get("iris-model").await.unwrap();
+    assert!(owned(pvc.metadata.owner_references.as_ref()), "PVC owned by the model");
+    assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
+    let job = ns.api::<Job>().get("iris-download-1").await.unwrap();
+    assert!(owned(job.metadata.owner_references.as_ref()), "Job owned by the model");
+    let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(args[0], "download");
+    assert!(args.contains(&"--url=https://storage.googleapis.com/ml-models/iris/model.tar.gz".to_owned()));
+    let deploy = ns.api::<Deployment>().get("iris-serving").await.unwrap();
+    assert!(
+        owned(deploy.metadata.owner_references.as_ref()),
+        "Deployment owned by the model"
+    );
+    let pod_spec = deploy.spec.unwrap().template.spec.unwrap();
+    let probe = pod_spec.containers[0].readiness_probe.clone().unwrap();
+    assert_eq!(probe.http_get.unwrap().path.as_deref(), Some("/v1/models/iris"));
+    let svc = ns.api::<Service>().get("iris").await.unwrap();
+    assert!(
+        owned(svc.metadata.owner_references.as_ref()),
+        "Service owned by the model"
+    );
+
+    // Status a user reads.
+    assert_eq!(
+        status.service_endpoint.as_deref(),
+        Some(format!("iris.{}.svc.cluster.local:8501", ns.name).as_str())
+    );
+    assert_eq!(status.ready.as_deref(), Some("1/1"));
+    for c in ["Ready", "Downloaded", "Available"] {
+        assert_eq!(
+            condition(&model, c).map(|c| c.0).as_deref(),
+            Some("True"),
+            "condition {c}"
+        );
+    }
+    assert!(
+        status.trace_id.as_ref().is_some_and(|t| t.len() == 32),
+        "trace id in status"
+    );
+    assert!(
+        model
+            .finalizers()
+            .contains(&mlmodel_operator::api::FINALIZER.to_owned())
+    );
+
+    // One Event per phase, in order.
+    let reasons: Vec<String> = events_for(&ns, "iris")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        ["CreatingStorage", "Downloading", "Serving", "Ready"],
+        "events: {reasons:?}"
+    );
+
+    // kubectl wait works on the Ready condition; kubectl get shows the columns.
+    let out = ns
+        .kubectl()
+        .args(["wait", "--for=condition=Ready", "mlmodel/iris", "--timeout=10s"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ns.kubectl().args(["get", "mlm", "-o", "wide"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "READY", "ENDPOINT", "AGE", "FRAMEWORK", "MESSAGE"]
+    );
+    assert!(
+        table.contains("Ready") && table.contains("1/1") && table.contains("tensorflow"),
+        "{table}"
+    );
+}
+
+#[tokio::test]
+async fn twenty_models_at_once_all_reach_ready_with_one_of_each_child() {
+    let ns = setup("twenty").await;
+    let yaml: Vec<String> = (0..20).map(|i| model_yaml(&format!("m{i}"), "")).collect();
+    ns.apply_yaml(&yaml.join("---\n"));
+    let models = ns.api::<MLModel>();
+    for i in 0..20 {
+        support::wait_for(&models, &format!("m{i}"), Duration::from_secs(120), is_ready).await;
+    }
+    let lp = ListParams::default();
+    assert_eq!(ns.api::<Job>().list(&lp).await.unwrap().items.len(), 20);
+    assert_eq!(ns.api::<Deployment>().list(&lp).await.unwrap().items.len(), 20);
+    assert_eq!(ns.api::<Service>().list(&lp).await.unwrap().items.len(), 20);
+    assert_eq!(
+        ns.api::<PersistentVolumeClaim>().list(&lp).await.unwrap().items.len(),
+        20
+    );
+    for i in 0..20 {
+        let name = format!("m{i}");
+        assert!(
+            ns.api::<Job>()
+                .get_opt(&format!("{name}-download-1"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+}
+
+#[tokio::test]
+async fn delete_removes_every_child_and_releases_the_finalizer() {
+    let ns = setup("delete").await;
+    ns.apply_yaml(&model_yaml("gone", ""));
+    let models = ns.api::<MLModel>();
+    support::wait_for(&models, "gone", TIMEOUT, is_ready).await;
+    let started = std::time::Instant::now();
+    models.delete("gone", &DeleteParams::default()).await.unwrap();
+    support::wait_for_deletion(&models, "gone", Duration::from_secs(30)).await;
+    eprintln!("model deleted in {:?}", started.elapsed());
+    let lp = ListParams::default().labels("mlmodel.oda.tmforum.org/name=gone");
+    support::poll_until("children gone", Duration::from_secs(30), || async {
+        let jobs = ns.api::<Job>().list(&lp).await.ok()?.items.len();
+        let pods = ns.api::<Pod>().list(&lp).await.ok()?.items.len();
+        let deps = ns.api::<Deployment>().list(&lp).await.ok()?.items.len();
+        let svcs = ns.api::<Service>().list(&lp).await.ok()?.items.len();
+        let pvcs = ns.api::<PersistentVolumeClaim>().list(&lp).await.ok()?.items.len();
+        (jobs + pods + deps + svcs + pvcs == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hand_deleted_service_and_deployment_come_back() {
+    let ns = setup("heal").await;
+    ns.apply_yaml(&model_yaml("heal", ""));
+    let models = ns.api::<MLModel>();
+    support::wait_for(&models, "heal", TIMEOUT, is_ready).await;
+    let services = ns.api::<Service>();
+    let old = services.get("heal").await.unwrap().uid();
+    services.delete("heal", &DeleteParams::default()).await.unwrap();
+    support::wait_for(&services, "heal", TIMEOUT, |s| s.uid() != old).await;
+    let deployments = ns.api::<Deployment>();
+    let old = deployments.get("heal-serving").await.unwrap().uid();
+    deployments
+        .delete("heal-serving", &DeleteParams::background())
+        .await
+        .unwrap();
+    support::wait_for(&deployments, "heal-serving", TIMEOUT, |d| d.uid() != old).await;
+    support::wait_for(&models, "heal", TIMEOUT, is_ready).await;
+}
+
+#[tokio::test]
+async fn zero_replicas_is_a_clearly_reported_ready_state() {
+    let ns = setup("zero").await;
+    ns.apply_yaml(&model_yaml("zero", "  replicas: 0\n"));
+    let models = ns.api::<MLModel>();
+    let m = support::wait_for(&models, "zero", TIMEOUT, is_ready).await;
+    let status = m.status.unwrap();
+    assert_eq!(status.ready.as_deref(), Some("0/0"));
+    assert!(status.message.unwrap().contains("replicas is 0"));
+    let available = status.conditions.iter().find(|c| c.type_ == "Available").unwrap();
+    assert_eq!(
+        (available.status.as_str(), available.reason.as_str()),
+        ("False", "ScaledToZero")
+    );
+}
+
+#[tokio::test]
+async fn a_spec_change_rolls_out_the_new_generation() {
+    let ns = setup("update").await;
+    ns.apply_yaml(&model_yaml("upd", ""));
+    let models = ns.api::<MLModel>();
+    support::wait_for(&models, "upd", TIMEOUT, is_ready).await;
+
+    // Scaling reuses the downloaded version: no new download.
+    let patch = serde_json::json!({"spec": {"replicas": 2}});
+    models
+        .patch("upd", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let m = support::wait_for(&models, "upd", TIMEOUT, |m| {
+        is_ready(m) && m.metadata.generation == Some(2)
+    })
+    .await;
+    assert_eq!(m.status.as_ref().unwrap().ready.as_deref(), Some("2/2"));
+    assert_eq!(m.status.as_ref().unwrap().serving.as_ref().unwrap().generation, 1);
+    assert!(
+        ns.api::<Job>().get_opt("upd-download-2").await.unwrap().is_none(),
+        "no new download for a scale"
+    );
+
+    // A new URL downloads version 3 and rolls it out.
+    let patch = serde_json::json!({"spec": {"modelURL": "https://models.example.com/upd/v2.tar.gz"}});
+    models
+        .patch("upd", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let m = support::wait_for(&models, "upd", TIMEOUT, |m| {
+        is_ready(m) && m.metadata.generation == Some(3)
+    })
+    .await;
+    let serving = m.status.unwrap().serving.unwrap();
+    assert_eq!(serving.generation, 3);
+    assert_eq!(serving.model_url, "https://models.example.com/upd/v2.tar.gz");
+    assert!(ns.api::<Job>().get_opt("upd-download-3").await.unwrap().is_some());
+    let pods = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app.kubernetes.io/component=serving"))
+        .await
+        .unwrap();
+    let versions: Vec<_> = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.labels().get("mlmodel.oda.tmforum.org/version").cloned())
+        .collect();
+    assert!(
+        !versions.is_empty() && versions.iter().all(|v| v == "3"),
+        "serving pods of version 3 only: {versions:?}"
+    );
+    support::wait_for_deletion(&ns.api::<Job>(), "upd-download-1", TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn an_invalid_spec_fails_naming_the_field_and_creates_nothing() {
+    let ns = setup("invalid").await;
+    ns.apply_yaml(&model_yaml("bad", "  storageSize: \"0\"\n"));
+    let models = ns.api::<MLModel>();
+    let m = support::wait_for(&models, "bad", TIMEOUT, |m| {
+        m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed)
+    })
+    .await;
+    let status = m.status.unwrap();
+    assert_eq!(status.last_failure.as_ref().unwrap().reason, "InvalidSpec");
+    assert!(status.message.unwrap().contains("spec.storageSize"));
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+    assert!(
+        ns.api::<PersistentVolumeClaim>()
+            .get_opt("bad-model")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        ns.api::<Job>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn pods_satisfy_the_restricted_pod_security_standard() {
+    operator::shared();
+    let ns = support::restricted_namespace("restricted").await;
+    ns.apply_yaml(&model_yaml("psa", ""));
+    let models = ns.api::<MLModel>();
+    support::wait_for(&models, "psa", TIMEOUT, is_ready).await;
+}
+
+#[tokio::test]
+async fn unschedulable_pods_fail_the_model_with_the_schedulers_reason() {
+    let ns = setup("gpu").await;
+    let sample =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/samples/gpu-too-big.yaml")).unwrap();
+    ns.apply_yaml(&sample);
+    let models = ns.api::<MLModel>();
+    let m = support::wait_for(&models, "resnet-gpu", TIMEOUT, |m| {
+        m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed)
+    })
+    .await;
+    let failure = m.status.unwrap().last_failure.unwrap();
+    assert_eq!(failure.reason, "Unschedulable");
+    assert!(
+        failure.message.contains("Insufficient nvidia.com/gpu"),
+        "{}",
+        failure.message
+    );
+    let _: Api<Pod> = ns.api();
+}

@@ -1,0 +1,213 @@
+//! Runs the real operator binary against the test cluster, under the ServiceAccount and RBAC
+//! from `deploy/` (never as admin), so a missing permission fails a test.
+//!
+//! Use from a test binary with `mod support; mod operator;`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kube::config::Kubeconfig;
+
+use crate::support;
+
+/// Namespace of the operator's own objects (ServiceAccount, Lease).
+pub const OPERATOR_NAMESPACE: &str = "mlmodel-system";
+
+static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Installs the CRD and the operator's RBAC (once per test binary) and returns a kubeconfig
+/// that authenticates as the operator's ServiceAccount.
+pub fn install() -> &'static Path {
+    INSTALLED.get_or_init(|| {
+        let cluster = support::cluster();
+        let deploy = repo().join("deploy");
+        for path in ["crd/mlmodels.yaml", "rbac/namespace.yaml", "rbac/rbac.yaml"] {
+            cluster.kubectl_ok(&["apply", "--server-side", "-f", &deploy.join(path).to_string_lossy()]);
+        }
+        cluster.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/mlmodels.oda.tmforum.org",
+            "--timeout=30s",
+        ]);
+        let token = cluster.kubectl_ok(&[
+            "create",
+            "token",
+            "mlmodel-operator",
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--duration=24h",
+        ]);
+        let mut config = match Kubeconfig::read_from(&cluster.kubeconfig) {
+            Ok(c) => c,
+            Err(e) => panic!("cannot read {}: {e}", cluster.kubeconfig.display()),
+        };
+        for auth in config.auth_infos.iter_mut() {
+            if let Some(info) = auth.auth_info.as_mut() {
+                info.token = Some(token.trim().to_owned().into());
+            }
+        }
+        let path = cluster.state_dir.join("operator.kubeconfig");
+        let yaml = serde_yaml::to_string(&config).unwrap_or_else(|e| panic!("cannot encode kubeconfig: {e}"));
+        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    })
+}
+
+/// One operator process.
+pub struct Operator {
+    child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Its identity (Lease holder, Event reporter).
+    pub identity: String,
+}
+
+/// Starts an operator with the given extra environment.
+pub fn start(identity: &str, env: &[(&str, &str)]) -> Operator {
+    let kubeconfig = install();
+    let cluster = support::cluster();
+    let log = cluster
+        .state_dir
+        .join("logs")
+        .join(format!("operator-{identity}-{}.log", rand::random::<u32>()));
+    let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+    let err = file.try_clone().unwrap_or_else(|e| panic!("cannot dup log file: {e}"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlmodel-operator"));
+    cmd.arg("run")
+        .env("KUBECONFIG", kubeconfig)
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("POD_NAME", identity)
+        .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
+        .env("RUST_LOG", "info,mlmodel_operator=debug")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the operator: {e}"));
+    reap_with_test_process(child.id());
+    Operator {
+        child,
+        log,
+        identity: identity.to_owned(),
+    }
+}
+
+/// Kills `pid` when this test process exits, however it exits.
+fn reap_with_test_process(pid: u32) {
+    let script = "tail --pid=\"$1\" -f /dev/null; kill -9 \"$2\" 2>/dev/null || true";
+    let _ = Command::new("setsid")
+        .args([
+            "bash",
+            "-c",
+            script,
+            "reaper",
+            &std::process::id().to_string(),
+            &pid.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+/// The operator shared by every test of a binary, started on first use.
+pub fn shared() -> &'static Operator {
+    static SHARED: OnceLock<Operator> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let op = start(
+            "shared",
+            &[
+                ("UNSCHEDULABLE_GRACE_SECONDS", "5"),
+                ("FORCE_DELETE_AFTER_SECONDS", "20"),
+            ],
+        );
+        op.wait_ready(Duration::from_secs(60));
+        op
+    })
+}
+
+impl Operator {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until its watches are synced.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.logs().contains("watches synced") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "operator {} not ready after {timeout:?}; log:\n{}",
+            self.identity,
+            self.logs()
+        );
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT", "TERM").
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "kill -{signal} {} failed",
+            self.pid()
+        );
+    }
+
+    /// SIGTERM and wait for the exit; returns how long the exit took.
+    pub fn terminate(&mut self, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        self.signal("TERM");
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(
+                    status.success(),
+                    "operator exited with {status} after SIGTERM; log:\n{}",
+                    self.logs()
+                );
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "operator did not exit within {timeout:?} of SIGTERM; log:\n{}",
+            self.logs()
+        );
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
