@@ -260,6 +260,22 @@ impl ModelWriter {
         }
     }
 
+    /// Reports a model object that cannot be read (written under an older schema, say):
+    /// phase Failed with reason `InvalidSpec`, written untyped since the object does not parse.
+    pub async fn report_unreadable(&self, name: &str, error: &str) -> Result<(), ClusterError> {
+        self.guard(|| format!("write status of mlmodel/{name}"))?;
+        let message = format!("the object cannot be read: {error}; fix or re-create it");
+        let patch = json!({"status": {"phase": "Failed", "message": message}});
+        let ar = kube::api::ApiResource::erase::<MLModel>(&());
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &ar);
+        let r = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        self.record("patch_status", "mlmodel", &r);
+        r.map(drop)
+            .map_err(|e| ClusterError::classify(format!("write status of mlmodel/{name}"), e))
+    }
+
     /// Records an Event on the model (best effort: a lost Event is logged, never fatal).
     pub async fn event(&self, model: &MLModel, note: &EventNote, action: &str) {
         if self.guard(String::new).is_err() {

@@ -297,6 +297,19 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
             // Written by an older CRD or by hand: report and wait for the object to change.
             tracing::warn!(model = %state.key, %error, "skipping a malformed MLModel");
             state.ctx.metrics.reconcile_error("malformed");
+            let already = obj
+                .data
+                .pointer("/status/message")
+                .and_then(|m| m.as_str())
+                .is_some_and(|m| m.contains(&error.to_string()));
+            if !already
+                && let Err(e) = state
+                    .writer
+                    .report_unreadable(&state.key.name, &error.to_string())
+                    .await
+            {
+                tracing::warn!(model = %state.key, error = %e, "could not report the malformed MLModel");
+            }
             return Ok(());
         }
     };

@@ -215,6 +215,7 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
     }
 
     // Storage.
+    let mut unbound = None;
     match &observed.pvc {
         None => {
             actions.push(Action::ApplyPvc(Box::new(resources::persistent_volume_claim(model))));
@@ -226,18 +227,14 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
             report.downloaded(false, "Pending", "waiting for the volume");
             return report.into_decision(actions, None);
         }
+        // The download Job is created even before the claim binds: with a WaitForFirstConsumer
+        // storage class the claim binds only once a pod that mounts it is scheduled.
         Some(pvc) if pvc.phase != "Bound" => {
-            report.phase(
-                Phase::CreatingStorage,
-                "CreatingStorage",
-                format!(
-                    "waiting for volume {} to be bound (it is {})",
-                    resources::pvc_name(&model.name_any()),
-                    pvc.phase
-                ),
-            );
-            report.downloaded(false, "Pending", "waiting for the volume");
-            return report.into_decision(actions, None);
+            unbound = Some(format!(
+                "waiting for volume {} to be bound (it is {})",
+                resources::pvc_name(&model.name_any()),
+                pvc.phase
+            ));
         }
         Some(_) => {}
     }
@@ -314,6 +311,9 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
             }
         }
         serving_of_previous_version(model, observed, &mut report, &mut actions);
+        if let Some(message) = unbound.filter(|_| report.status.phase == Some(Phase::Downloading)) {
+            report.phase(Phase::CreatingStorage, "CreatingStorage", message);
+        }
         return report.into_decision(actions, requeue.0);
     }
     report.downloaded(true, "Downloaded", &format!("version {version} is on the volume"));

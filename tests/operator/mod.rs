@@ -121,17 +121,21 @@ fn reap_with_test_process(pid: u32) {
         .spawn();
 }
 
+/// Failure thresholds short enough for tests.
+pub const SHORT_THRESHOLDS: &[(&str, &str)] = &[
+    ("UNSCHEDULABLE_GRACE_SECONDS", "5"),
+    ("IMAGE_PULL_GRACE_SECONDS", "3"),
+    ("CRASH_LOOP_RESTARTS", "3"),
+    ("FORCE_DELETE_AFTER_SECONDS", "20"),
+    ("MAX_ACTOR_RESTARTS", "2"),
+    ("ACTOR_RESTART_WINDOW_SECONDS", "120"),
+];
+
 /// The operator shared by every test of a binary, started on first use.
 pub fn shared() -> &'static Operator {
     static SHARED: OnceLock<Operator> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let op = start(
-            "shared",
-            &[
-                ("UNSCHEDULABLE_GRACE_SECONDS", "5"),
-                ("FORCE_DELETE_AFTER_SECONDS", "20"),
-            ],
-        );
+        let op = start("shared", SHORT_THRESHOLDS);
         op.wait_ready(Duration::from_secs(60));
         op
     })

@@ -1,0 +1,396 @@
+#!/usr/bin/env bash
+# mlmodel-operator demo: builds the operator, starts a local control plane, runs the operator
+# against it under its ServiceAccount, applies the two samples and shows what happened.
+#
+#   deploy/demo.sh [--existing-cluster] [--keep-running]      (or: make demo)
+#
+# Environment:
+#   DEMO_EXISTING_CLUSTER=1  use the current kubeconfig context instead of a local cluster
+#                            (same as --existing-cluster; see below)
+#   DEMO_KEEP_RUNNING=1      keep the operator running after the samples settle, until
+#                            Ctrl-C (same as --keep-running)
+#   DEMO_TIMEOUT=180         seconds to wait for the samples to settle
+#   DEMO_LOG_DIR=target/demo where the operator's log goes (operator.log)
+#   UNSCHEDULABLE_GRACE_SECONDS=10
+#                            how long a serving pod may stay unschedulable before its model is
+#                            Failed (the operator's default is 30; shorter here to keep the
+#                            demo quick)
+#   OTEL_EXPORTER_OTLP_ENDPOINT
+#                            if set, passed to the operator, which exports its traces there
+#                            (see observability/README.md)
+#
+# Local cluster (default): etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+# kwok from tests/cluster/, in a temporary state dir, torn down when this script exits. The
+# first run builds them from source (10+ minutes); later runs start in a few seconds.
+#
+# --existing-cluster: nothing is started or installed besides the CRD, the RBAC, the `demo`
+# namespace and the two samples. The operator still runs here, out of cluster, but with the
+# identity of the current kubeconfig context (not the ServiceAccount): you need rights to
+# install a CRD and cluster RBAC anyway. Do not use it where the operator is already deployed
+# (two operators would act on the same models). On exit the two samples are deleted (while
+# the operator still runs, so their finalizers are released) and the `demo` namespace too if
+# this script created it; the CRD and RBAC stay installed.
+#
+# The script always stops the operator (and the local cluster) on exit, including Ctrl-C.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+namespace=demo
+models=(iris resnet-gpu)
+declare -A expected=([iris]=Ready [resnet-gpu]=Failed)
+
+existing="${DEMO_EXISTING_CLUSTER:-0}"
+keep_running="${DEMO_KEEP_RUNNING:-0}"
+timeout="${DEMO_TIMEOUT:-180}"
+log_dir="${DEMO_LOG_DIR:-$repo/target/demo}"
+grace="${UNSCHEDULABLE_GRACE_SECONDS:-10}"
+
+usage() {
+  sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --existing-cluster) existing=1 ;;
+    --keep-running) keep_running=1 ;;
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    *)
+      usage >&2
+      exit 2
+      ;;
+  esac
+  shift
+done
+[[ "$timeout" =~ ^[0-9]+$ ]] || {
+  echo "DEMO_TIMEOUT must be a number of seconds, got '$timeout'" >&2
+  exit 2
+}
+
+# ---------------------------------------------------------------------------------------------
+# Output and timing
+
+now_ms() {
+  local t="${EPOCHREALTIME//[!0-9]/}"
+  echo "$((10#${t:0:-3}))"
+}
+seconds_since() { # start-ms -> "1.234s"
+  local ms=$(($(now_ms) - $1))
+  printf '%d.%03ds' $((ms / 1000)) $((ms % 1000))
+}
+
+demo_start="$(now_ms)"
+step_start=""
+step_no=0
+step_name=""
+
+end_step() {
+  [[ -n "$step_start" ]] || return 0
+  printf '    done in %s\n' "$(seconds_since "$step_start")"
+  step_start=""
+}
+step() {
+  end_step
+  step_no=$((step_no + 1))
+  step_name="$*"
+  step_start="$(now_ms)"
+  printf '\n==> [%d] %s\n' "$step_no" "$step_name"
+}
+info() { printf '    %s\n' "$*"; }
+heading() { printf '\n--- %s\n' "$*"; }
+die() {
+  printf '\nerror: %s\n' "$*" >&2
+  exit 1
+}
+indent() { sed 's/^/    /'; }
+
+# Aligns tab-separated lines into columns.
+table() {
+  awk -F'\t' '
+    { for (i = 1; i <= NF; i++) { cell[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) }
+      if (NF > nf) nf = NF; rows = NR }
+    END { for (r = 1; r <= rows; r++) { line = ""
+            for (i = 1; i <= nf; i++) line = line sprintf(i < nf ? "%-" w[i] "s  " : "%s", cell[r, i])
+            print "    " line } }'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Cleanup: runs on every exit (success, error, Ctrl-C, SIGTERM).
+
+state_dir=""
+operator_pid=""
+reaper_pid=""
+created_namespace=0
+kubectl=(kubectl)
+
+stop_operator() {
+  [[ -n "$operator_pid" ]] || return 0
+  if kill -0 "$operator_pid" 2>/dev/null; then
+    info "stopping the operator (PID $operator_pid)"
+    kill -TERM "$operator_pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$operator_pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+    if kill -0 "$operator_pid" 2>/dev/null; then
+      info "the operator did not stop within 30s; killing it"
+      kill -KILL "$operator_pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$operator_pid" 2>/dev/null || true
+  operator_pid=""
+  if [[ -n "$reaper_pid" ]]; then
+    kill -TERM -- "-$reaper_pid" 2>/dev/null || true
+    wait "$reaper_pid" 2>/dev/null || true
+    reaper_pid=""
+  fi
+}
+
+# In an existing cluster, delete what the demo created (the operator must still run to
+# release the finalizers).
+remove_samples() {
+  [[ "$existing" == 1 && -n "$operator_pid" ]] || return 0
+  info "deleting the samples from namespace $namespace"
+  "${kubectl[@]}" delete mlmodels -n "$namespace" "${models[@]}" --ignore-not-found --timeout=60s >/dev/null 2>&1 ||
+    info "warning: the samples were not deleted within 60s; check: kubectl get mlmodels -n $namespace"
+  if [[ "$created_namespace" == 1 ]]; then
+    "${kubectl[@]}" delete namespace "$namespace" --wait=false --ignore-not-found >/dev/null 2>&1 || true
+  fi
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  end_step
+  printf '\n==> cleaning up\n'
+  local t
+  t="$(now_ms)"
+  remove_samples
+  stop_operator
+  if [[ -n "$state_dir" ]]; then
+    if [[ $rc -ne 0 ]]; then
+      mkdir -p "$log_dir"
+      rm -rf "$log_dir/cluster-logs"
+      cp -r "$state_dir/logs" "$log_dir/cluster-logs" 2>/dev/null &&
+        info "cluster logs copied to $log_dir/cluster-logs"
+    fi
+    info "stopping the local cluster"
+    "$repo/tests/cluster/cluster.sh" down "$state_dir" 2>&1 | indent
+  fi
+  printf '    done in %s\n' "$(seconds_since "$t")"
+  [[ -z "${operator_log:-}" ]] || printf '\noperator log: %s\n' "$operator_log"
+  if [[ $rc -eq 0 ]]; then
+    printf 'demo finished in %s\n' "$(seconds_since "$demo_start")"
+  else
+    printf 'demo FAILED (exit %d) after %s\n' "$rc" "$(seconds_since "$demo_start")" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------
+# 1. Build the operator
+
+step "building the operator (cargo build --release --locked)"
+(cd "$repo" && cargo build --release --locked) 2>&1 | indent
+binary="${CARGO_TARGET_DIR:-$repo/target}/release/mlmodel-operator"
+[[ -x "$binary" ]] || die "no binary at $binary after the build"
+info "binary: $binary"
+
+# ---------------------------------------------------------------------------------------------
+# 2. A cluster
+
+if [[ "$existing" == 1 ]]; then
+  step "using the current kubeconfig context"
+  command -v kubectl >/dev/null || die "--existing-cluster needs kubectl on PATH"
+  context="$(kubectl config current-context 2>/dev/null)" || die "no current kubeconfig context"
+  info "context: $context"
+  "${kubectl[@]}" version 2>&1 | indent || die "cannot reach the cluster of context $context"
+  ready="$("${kubectl[@]}" get deployment mlmodel-operator -n mlmodel-system \
+    -o jsonpath='{.status.readyReplicas}' 2>/dev/null || true)"
+  if [[ -n "$ready" && "$ready" != 0 ]]; then
+    die "mlmodel-operator is already deployed in this cluster (mlmodel-system); a second operator would act on the same models"
+  fi
+  operator_kubeconfig=""
+else
+  step "starting a local control plane (kube-apiserver, etcd, kwok, ...)"
+  info "the first run builds Kubernetes, etcd and kwok from source: that takes a while (10+ min);"
+  info "later runs reuse ~/.cache/mlmodel-operator/controlplane and start in seconds"
+  state_dir="$(mktemp -d "${TMPDIR:-/tmp}/mlmodel-demo.XXXXXX")"
+  # --watch-pid: the cluster goes away with this script even if it is killed outright.
+  admin_kubeconfig="$("$repo/tests/cluster/cluster.sh" up "$state_dir" --watch-pid "$$" 2> >(indent >&2))"
+  bin_dir="$(sed -n 's/^BIN_DIR=//p' "$state_dir/cluster.env")"
+  kubectl=("$bin_dir/kubectl" --kubeconfig "$admin_kubeconfig")
+  info "state dir: $state_dir"
+  info "to look around while it runs: eval \"\$(tests/cluster/cluster.sh env $state_dir)\""
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 3. CRD and RBAC
+
+step "installing the CRD and RBAC (deploy/crd, deploy/rbac)"
+for f in crd/mlmodels.yaml rbac/namespace.yaml rbac/rbac.yaml; do
+  "${kubectl[@]}" apply --server-side -f "$repo/deploy/$f" | indent
+done
+"${kubectl[@]}" wait --for=condition=Established crd/mlmodels.oda.tmforum.org --timeout=30s | indent
+
+if [[ "$existing" != 1 ]]; then
+  info "kubeconfig for the ServiceAccount mlmodel-system/mlmodel-operator (what the Deployment runs as)"
+  token="$("${kubectl[@]}" create token mlmodel-operator -n mlmodel-system --duration=24h)"
+  operator_kubeconfig="$state_dir/operator.kubeconfig"
+  (umask 077 && cp "$admin_kubeconfig" "$operator_kubeconfig")
+  "$bin_dir/kubectl" --kubeconfig "$operator_kubeconfig" config set-credentials mlmodel-operator \
+    --token="$token" >/dev/null
+  "$bin_dir/kubectl" --kubeconfig "$operator_kubeconfig" config set-context --current \
+    --user=mlmodel-operator >/dev/null
+  unset token
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4. The operator
+
+step "starting the operator (out of cluster)"
+mkdir -p "$log_dir"
+operator_log="$log_dir/operator.log"
+: >"$operator_log"
+operator_env=(
+  METRICS_ADDR=127.0.0.1:0
+  POD_NAME="demo-$(hostname -s 2>/dev/null || echo local)-$$"
+  POD_NAMESPACE=mlmodel-system
+  UNSCHEDULABLE_GRACE_SECONDS="$grace"
+)
+if [[ -n "$operator_kubeconfig" ]]; then
+  operator_env+=(KUBECONFIG="$operator_kubeconfig")
+  info "identity: ServiceAccount mlmodel-system/mlmodel-operator (token in $operator_kubeconfig)"
+else
+  info "identity: your current kubeconfig context ($context)"
+fi
+if [[ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then
+  operator_env+=(OTEL_EXPORTER_OTLP_ENDPOINT="$OTEL_EXPORTER_OTLP_ENDPOINT")
+  info "traces: exported over OTLP to $OTEL_EXPORTER_OTLP_ENDPOINT"
+else
+  info "traces: not exported (set OTEL_EXPORTER_OTLP_ENDPOINT to send them to Jaeger); trace ids are still recorded"
+fi
+info "UNSCHEDULABLE_GRACE_SECONDS=$grace (operator default: 30)"
+# Its own session: Ctrl-C reaches only this script, which then stops the operator in order.
+env "${operator_env[@]}" setsid "$binary" run </dev/null >"$operator_log" 2>&1 &
+operator_pid=$!
+# Kills the operator if this script dies without running its cleanup (e.g. SIGKILL).
+# shellcheck disable=SC2016 # expanded by the reaper's shell
+setsid bash -c 'tail --pid="$1" -f /dev/null; kill -TERM "$2" 2>/dev/null' reaper "$$" "$operator_pid" \
+  </dev/null >/dev/null 2>&1 &
+reaper_pid=$!
+info "PID $operator_pid, log: $operator_log"
+
+deadline=$((SECONDS + 60))
+until grep -q "watches synced" "$operator_log"; do
+  if ! kill -0 "$operator_pid" 2>/dev/null; then
+    tail -n 30 "$operator_log" | indent >&2
+    die "the operator exited during start-up (log above: $operator_log)"
+  fi
+  ((SECONDS < deadline)) || die "the operator did not sync its watches within 60s (log: $operator_log)"
+  sleep 0.2
+done
+info "watches synced: the operator is ready"
+
+# ---------------------------------------------------------------------------------------------
+# 5. The samples
+
+step "applying the samples to namespace $namespace (deploy/samples)"
+if ! "${kubectl[@]}" get namespace "$namespace" >/dev/null 2>&1; then
+  "${kubectl[@]}" create namespace "$namespace" | indent
+  created_namespace=1
+fi
+"${kubectl[@]}" apply -n "$namespace" -f "$repo/deploy/samples/iris-poc.yaml" -f "$repo/deploy/samples/gpu-too-big.yaml" | indent
+info "iris: a TensorFlow model, exposed: expected to become Ready"
+info "resnet-gpu: asks for 8 nvidia.com/gpu (the nodes have 1 each): expected to fail as Unschedulable"
+
+step "waiting for the samples to settle (at most ${timeout}s)"
+declare -A last_phase=()
+deadline=$((SECONDS + timeout))
+wait_start="$(now_ms)"
+while :; do
+  settled=0
+  for m in "${models[@]}"; do
+    phase="$("${kubectl[@]}" get mlmodel "$m" -n "$namespace" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
+    phase="${phase:-<none>}"
+    if [[ "$phase" != "${last_phase[$m]:-}" ]]; then
+      printf '    %8s  %-11s %s\n' "+$(seconds_since "$wait_start")" "$m" "$phase"
+      last_phase[$m]="$phase"
+    fi
+    if [[ "$phase" == "${expected[$m]}" ]]; then
+      settled=$((settled + 1))
+    elif [[ "$phase" == Ready || "$phase" == Failed ]]; then
+      "${kubectl[@]}" get mlmodel "$m" -n "$namespace" -o yaml | indent >&2
+      die "$m ended $phase instead of ${expected[$m]}"
+    fi
+  done
+  ((settled == ${#models[@]})) && break
+  if ((SECONDS >= deadline)); then
+    "${kubectl[@]}" get mlmodels -n "$namespace" -o wide 2>&1 | indent >&2
+    die "the samples did not settle within ${timeout}s (operator log: $operator_log)"
+  fi
+  sleep 0.5
+done
+end_step
+
+# ---------------------------------------------------------------------------------------------
+# 6. What happened
+
+step "results"
+heading "kubectl get mlmodels -n $namespace -o wide"
+"${kubectl[@]}" get mlmodels -n "$namespace" -o wide | indent
+
+for m in "${models[@]}"; do
+  heading "$m"
+  get() { "${kubectl[@]}" get mlmodel "$m" -n "$namespace" -o jsonpath="$1"; }
+  printf '  conditions:\n'
+  {
+    printf 'TYPE\tSTATUS\tREASON\tMESSAGE\n'
+    get '{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.reason}{"\t"}{.message}{"\n"}{end}'
+  } | table
+  failure="$(get '{.status.lastFailure.reason}{": "}{.status.lastFailure.message}')"
+  [[ "$failure" == ": " ]] || printf '  last failure:     %s\n' "$failure"
+  printf '  serving endpoint: %s\n' "$(get '{.status.serviceEndpoint}')"
+  [[ -n "$(get '{.status.serviceEndpoint}')" ]] || printf '                    (none: set only once the model is Ready and exposed)\n'
+  printf '  trace id:         %s\n' "$(get '{.status.traceId}')"
+  printf '  events (kubectl get events.events.k8s.io --field-selector regarding.name=%s):\n' "$m"
+  "${kubectl[@]}" get events.events.k8s.io -n "$namespace" \
+    --field-selector "regarding.kind=MLModel,regarding.name=$m" --sort-by=.metadata.creationTimestamp 2>&1 | indent
+done
+
+heading "what was simulated"
+if [[ "$existing" == 1 ]]; then
+  cat <<EOF
+  This ran against your cluster ($context): the pods above are real, scheduled by its
+  scheduler and run by its kubelets.
+EOF
+else
+  cat <<'EOF'
+  In this local cluster kwok plays the kubelet: no container really runs and no image is
+  pulled. The download Job's pod completes at once (nothing is downloaded), and the serving
+  pods turn Ready without tensorflow/serving running. The API server, scheduler, controllers
+  and the operator are real: the scheduler's verdict on resnet-gpu (8 GPUs asked, 1 per
+  node) is what the operator reports.
+EOF
+fi
+if [[ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then
+  echo "  Traces were sent to $OTEL_EXPORTER_OTLP_ENDPOINT: look up the trace ids above (observability/README.md)."
+else
+  echo "  To see the rollouts as traces in Jaeger, see observability/README.md."
+fi
+end_step
+
+if [[ "$keep_running" == 1 ]]; then
+  printf '\nThe operator keeps running (PID %s, log %s). Press Ctrl-C to stop everything.\n' \
+    "$operator_pid" "$operator_log"
+  if [[ -n "$state_dir" ]]; then
+    printf 'In another shell: eval "%s"; kubectl get mlmodels -A\n' \
+      "\$($repo/tests/cluster/cluster.sh env $state_dir)"
+  fi
+  wait "$operator_pid" || true
+  die "the operator exited on its own (log: $operator_log)"
+fi
