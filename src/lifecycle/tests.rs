@@ -383,9 +383,26 @@ fn a_first_rollout_goes_through_storage_download_and_serving() {
             downloaded: "False",
         },
         Case {
-            name: "volume pending",
+            name: "volume pending: the Job starts, since a WaitForFirstConsumer claim binds only for a pod",
             observed: Observed {
                 pvc: pvc("Pending"),
+                ..nothing()
+            },
+            actions: &["ApplyJob iris-download-1"],
+            phase: Phase::CreatingStorage,
+            reason: "CreatingStorage",
+            message: "waiting for volume iris-model to be bound (it is Pending)",
+            downloaded: "False",
+        },
+        Case {
+            name: "volume pending, Job created",
+            observed: Observed {
+                pvc: pvc("Pending"),
+                jobs: vec![running_job(&m, 1)],
+                pods: vec![PodObs {
+                    phase: "Pending".to_owned(),
+                    ..download_pod("iris-download-1-x7k2p", 1)
+                }],
                 ..nothing()
             },
             actions: &[],
@@ -652,6 +669,43 @@ fn download_pod_problems_fail_the_model_after_their_grace_period() {
         assert_eq!(d.requeue_after, case.requeue, "{}: requeue", case.name);
         let failed = case.phase == Phase::Failed;
         assert_eq!(d.status.last_failure.is_some(), failed, "{}: lastFailure", case.name);
+    }
+}
+
+#[test]
+fn an_unbound_volume_does_not_hide_a_failed_download() {
+    let m = model();
+    let cases = [
+        (
+            "download pod unschedulable past its grace",
+            running_job(&m, 1),
+            PodObs {
+                phase: "Pending".to_owned(),
+                unschedulable: Some((
+                    "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims.".to_owned(),
+                    Some(ago(45)),
+                )),
+                ..download_pod("iris-download-1-x7k2p", 1)
+            },
+            "Unschedulable",
+        ),
+        (
+            "Job failed",
+            failed_job(&m, 1),
+            download_pod("iris-download-1-x7k2p", 1),
+            "DownloadFailed",
+        ),
+    ];
+    for (name, job, pod, reason) in cases {
+        let observed = Observed {
+            pvc: pvc("Pending"),
+            jobs: vec![job],
+            pods: vec![pod],
+            ..nothing()
+        };
+        let d = decide(&m, &observed, &settings());
+        assert_eq!(d.status.phase, Some(Phase::Failed), "{name}");
+        assert_eq!(last_failure(&d).reason, reason, "{name}");
     }
 }
 
@@ -1990,12 +2044,12 @@ fn deletion_wins_over_an_invalid_spec_and_a_controller_error() {
 #[test]
 fn a_condition_keeps_its_transition_time_until_its_status_changes() {
     let m = model();
-    let pending = Observed {
-        pvc: pvc("Pending"),
+    let creating = Observed {
         now: at(-300),
         ..nothing()
     };
-    let first = decide(&m, &pending, &settings()).status;
+    let first = decide(&m, &creating, &settings()).status;
+    assert_eq!(conditions(&first), [("Ready", "False"), ("Downloaded", "False")]);
 
     let m = with_status(&m, first);
     let downloading = Observed {
@@ -2084,60 +2138,67 @@ fn transition_event_reports_phase_changes_and_new_failures() {
     }
     let f1 = Some(("DownloadFailed", "download failed: NotFound: HTTP 404"));
     let f2 = Some(("CrashLoopBackOff", "pod iris-serving-a: crash-looping"));
-    let cases: [(&str, Option<MLModelStatus>, MLModelStatus, Option<(bool, &str, &str)>); 8] = [
-        (
-            "first status",
-            None,
-            status(Phase::CreatingStorage, None),
-            Some((false, "CreatingStorage", "now CreatingStorage")),
-        ),
-        (
-            "phase change",
-            Some(status(Phase::Downloading, None)),
-            status(Phase::Serving, None),
-            Some((false, "Serving", "now Serving")),
-        ),
-        (
-            "no change",
-            Some(status(Phase::Downloading, None)),
-            status(Phase::Downloading, None),
-            None,
-        ),
-        (
-            "a new failure",
-            Some(status(Phase::Downloading, None)),
-            status(Phase::Failed, f1),
-            Some((true, "DownloadFailed", "download failed: NotFound: HTTP 404")),
-        ),
-        (
-            "the same failure again",
-            Some(status(Phase::Failed, f1)),
-            status(Phase::Failed, f1),
-            None,
-        ),
-        (
-            "another failure while failed",
-            Some(status(Phase::Failed, f1)),
-            status(Phase::Failed, f2),
-            Some((true, "CrashLoopBackOff", "pod iris-serving-a: crash-looping")),
-        ),
-        (
-            "recovery keeps the failure for reference",
-            Some(status(Phase::Failed, f1)),
-            status(Phase::Ready, f1),
-            Some((false, "Ready", "now Ready")),
-        ),
-        (
-            "a failure recorded while not Failed is no Warning",
-            Some(status(Phase::Ready, None)),
-            status(Phase::Ready, f2),
-            None,
-        ),
+    /// `event` is (warning, reason, note), or `None` for no Event.
+    struct Case {
+        name: &'static str,
+        old: Option<MLModelStatus>,
+        new: MLModelStatus,
+        event: Option<(bool, &'static str, &'static str)>,
+    }
+    let cases = [
+        Case {
+            name: "first status",
+            old: None,
+            new: status(Phase::CreatingStorage, None),
+            event: Some((false, "CreatingStorage", "now CreatingStorage")),
+        },
+        Case {
+            name: "phase change",
+            old: Some(status(Phase::Downloading, None)),
+            new: status(Phase::Serving, None),
+            event: Some((false, "Serving", "now Serving")),
+        },
+        Case {
+            name: "no change",
+            old: Some(status(Phase::Downloading, None)),
+            new: status(Phase::Downloading, None),
+            event: None,
+        },
+        Case {
+            name: "a new failure",
+            old: Some(status(Phase::Downloading, None)),
+            new: status(Phase::Failed, f1),
+            event: Some((true, "DownloadFailed", "download failed: NotFound: HTTP 404")),
+        },
+        Case {
+            name: "the same failure again",
+            old: Some(status(Phase::Failed, f1)),
+            new: status(Phase::Failed, f1),
+            event: None,
+        },
+        Case {
+            name: "another failure while failed",
+            old: Some(status(Phase::Failed, f1)),
+            new: status(Phase::Failed, f2),
+            event: Some((true, "CrashLoopBackOff", "pod iris-serving-a: crash-looping")),
+        },
+        Case {
+            name: "recovery keeps the failure for reference",
+            old: Some(status(Phase::Failed, f1)),
+            new: status(Phase::Ready, f1),
+            event: Some((false, "Ready", "now Ready")),
+        },
+        Case {
+            name: "a failure recorded while not Failed is no Warning",
+            old: Some(status(Phase::Ready, None)),
+            new: status(Phase::Ready, f2),
+            event: None,
+        },
     ];
-    for (name, old, new, expected) in cases {
-        let event = transition_event(old.as_ref(), &new);
+    for case in cases {
+        let event = transition_event(case.old.as_ref(), &case.new);
         let got = event.as_ref().map(|e| (e.warning, e.reason.as_str(), e.note.as_str()));
-        assert_eq!(got, expected, "{name}");
+        assert_eq!(got, case.event, "{}", case.name);
     }
 }
 
