@@ -194,8 +194,9 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------------------------
 # 1. Build the operator
 
-step "building the operator (cargo build --release --locked)"
-(cd "$repo" && cargo build --release --locked) 2>&1 | indent
+step "building the operator (cargo build --release --locked --bin mlmodel-operator)"
+info "a first build compiles every dependency: several minutes on a small machine"
+(cd "$repo" && cargo build --release --locked --bin mlmodel-operator)
 binary="${CARGO_TARGET_DIR:-$repo/target}/release/mlmodel-operator"
 [[ -x "$binary" ]] || die "no binary at $binary after the build"
 info "binary: $binary"
@@ -221,7 +222,8 @@ else
   info "later runs reuse ~/.cache/mlmodel-operator/controlplane and start in seconds"
   state_dir="$(mktemp -d "${TMPDIR:-/tmp}/mlmodel-demo.XXXXXX")"
   # --watch-pid: the cluster goes away with this script even if it is killed outright.
-  admin_kubeconfig="$("$repo/tests/cluster/cluster.sh" up "$state_dir" --watch-pid "$$" 2> >(indent >&2))"
+  "$repo/tests/cluster/cluster.sh" up "$state_dir" --watch-pid "$$" 2>&1 >/dev/null | indent
+  admin_kubeconfig="$state_dir/kubeconfig"
   bin_dir="$(sed -n 's/^BIN_DIR=//p' "$state_dir/cluster.env")"
   kubectl=("$bin_dir/kubectl" --kubeconfig "$admin_kubeconfig")
   info "state dir: $state_dir"
@@ -354,8 +356,8 @@ for m in "${models[@]}"; do
   } | table
   failure="$(get '{.status.lastFailure.reason}{": "}{.status.lastFailure.message}')"
   [[ "$failure" == ": " ]] || printf '  last failure:     %s\n' "$failure"
-  printf '  serving endpoint: %s\n' "$(get '{.status.serviceEndpoint}')"
-  [[ -n "$(get '{.status.serviceEndpoint}')" ]] || printf '                    (none: set only once the model is Ready and exposed)\n'
+  endpoint="$(get '{.status.serviceEndpoint}')"
+  printf '  serving endpoint: %s\n' "${endpoint:-(none: set once the model is Ready, if spec.expose is true)}"
   printf '  trace id:         %s\n' "$(get '{.status.traceId}')"
   printf '  events (kubectl get events.events.k8s.io --field-selector regarding.name=%s):\n' "$m"
   "${kubectl[@]}" get events.events.k8s.io -n "$namespace" \

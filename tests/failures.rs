@@ -13,7 +13,6 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
 use mlmodel_operator::api::{MLModel, Phase};
 use support::TestNamespace;
 
@@ -252,6 +251,7 @@ async fn some_failing_replicas_make_the_model_degraded_not_failed() {
 #[cfg(feature = "fault-injection")]
 #[tokio::test]
 async fn a_panicking_actor_is_restarted_then_the_model_fails_with_controller_error() {
+    use kube::api::{Patch, PatchParams};
     let ns = setup("supervision").await;
     ns.apply_yaml(&yaml(
         "healthy",

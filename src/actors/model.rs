@@ -185,8 +185,13 @@ impl ModelState {
         }
         self.phase_since = std::time::Instant::now();
         rollout.phase = Some(phase);
-        // Dropping the previous span ends it, so each phase is exported as it finishes.
-        rollout.span = None;
+        // Dropping the previous span ends it, so each phase is exported as it finishes. The
+        // span only closes once the reconcile running inside it does, so it is entered and left
+        // first: its end time is then the moment of the transition, not the end of that
+        // reconcile, and it does not overlap the next phase.
+        if let Some(previous) = rollout.span.take() {
+            drop(previous.enter());
+        }
         if matches!(phase, Phase::Ready | Phase::Failed) {
             let outcome = rollout_span(
                 if phase == Phase::Ready {
@@ -199,7 +204,9 @@ impl ModelState {
             telemetry::set_parent_from_traceparent(&outcome, &rollout.traceparent);
             if let Some(f) = status.last_failure.as_ref().filter(|_| phase == Phase::Failed) {
                 outcome.record("otel.status_code", "ERROR");
-                outcome.record("otel.status_message", f.message.as_str());
+                // tracing-opentelemetry's field for the status message (`otel.status_message`
+                // would only be an attribute).
+                outcome.record("otel.status_description", f.message.as_str());
                 outcome.record("mlmodel.failure.reason", f.reason.as_str());
             }
             return;
@@ -216,7 +223,7 @@ fn rollout_span(name: &str, model: &MLModel) -> Span {
         "mlmodel",
         otel.name = name,
         otel.status_code = tracing::field::Empty,
-        otel.status_message = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
         mlmodel.failure.reason = tracing::field::Empty,
         k8s.namespace.name = model.metadata.namespace.as_deref().unwrap_or_default(),
         mlmodel.name = model.metadata.name.as_deref().unwrap_or_default(),

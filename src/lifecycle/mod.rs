@@ -173,6 +173,8 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The model actor failed repeatedly.
     pub const CONTROLLER_ERROR: &str = "ControllerError";
+    /// The model's volume lost its PersistentVolume.
+    pub const VOLUME_LOST: &str = "VolumeLost";
     /// The operator lacks a permission it needs.
     pub const FORBIDDEN: &str = "Forbidden";
     /// The download Job failed.
@@ -229,6 +231,15 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
         }
         // The download Job is created even before the claim binds: with a WaitForFirstConsumer
         // storage class the claim binds only once a pod that mounts it is scheduled.
+        Some(pvc) if pvc.phase == "Lost" => {
+            let message = format!(
+                "volume {} lost its PersistentVolume; delete the claim to have it re-created",
+                resources::pvc_name(&model.name_any())
+            );
+            report.downloaded(false, reason::VOLUME_LOST, &message);
+            report.fail(reason::VOLUME_LOST, message);
+            return report.into_decision(actions, None);
+        }
         Some(pvc) if pvc.phase != "Bound" => {
             unbound = Some(format!(
                 "waiting for volume {} to be bound (it is {})",
@@ -291,7 +302,9 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
                         report.fail(&p.reason, format!("download Job {}: {}", j.name, p.message));
                     }
                     Some(p) => {
-                        requeue.at(p.fatal_in);
+                        if let Some(after) = p.fatal_in {
+                            requeue.at(after);
+                        }
                         report.phase(
                             Phase::Downloading,
                             &p.reason,
@@ -347,8 +360,8 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
         .filter_map(|p| diagnose(p, observed.now, settings))
         .collect();
     problems.sort_by(|a, b| a.pod.cmp(&b.pod));
-    for p in problems.iter().filter(|p| !p.fatal) {
-        requeue.at(p.fatal_in);
+    for after in problems.iter().filter(|p| !p.fatal).filter_map(|p| p.fatal_in) {
+        requeue.at(after);
     }
     report.degraded(ready > 0 && !problems.is_empty(), problems.first());
 
@@ -378,6 +391,9 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
         };
         report.available(old_ready > 0, &fatal.reason, &fatal.message);
         report.fail(&fatal.reason, format!("{}{still}", fatal.message));
+        if old_ready > 0 {
+            report.status.service_endpoint = report.endpoint.clone();
+        }
     } else {
         let detail = match problems.first() {
             Some(p) => format!(": {}", p.message),
@@ -393,6 +409,10 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
             problems.first().map_or("Progressing", |p| p.reason.as_str()),
             format!("starting version {version}: {ready}/{replicas} pods ready{detail}"),
         );
+        // Pods that are ready serve through the Service whatever else is going on.
+        if ready + old_ready > 0 {
+            report.status.service_endpoint = report.endpoint.clone();
+        }
     }
     report.into_decision(actions, requeue.0)
 }
@@ -543,7 +563,8 @@ struct Problem {
     reason: String,
     message: String,
     fatal: bool,
-    fatal_in: Duration,
+    /// When a grace period will make it fatal; `None` when time alone changes nothing.
+    fatal_in: Option<Duration>,
 }
 
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
@@ -553,9 +574,9 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
 fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Option<Problem> {
     let grace = |since: Option<Timestamp>, grace: Duration| {
         let waited = since.map_or(Duration::ZERO, |s| elapsed(s, now));
-        (waited >= grace, grace.saturating_sub(waited))
+        (waited >= grace, Some(grace.saturating_sub(waited)))
     };
-    let problem = |reason: &str, message: String, (fatal, fatal_in): (bool, Duration)| Problem {
+    let problem = |reason: &str, message: String, (fatal, fatal_in): (bool, Option<Duration>)| Problem {
         pod: pod.name.clone(),
         reason: reason.to_owned(),
         message: format!("pod {}: {message}", pod.name),
@@ -588,7 +609,7 @@ fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Option<Problem
                 "ImagePullBackOff",
                 format!("container {container} cannot pull image {image}: {reason}: {message}"),
                 if reason == "InvalidImageName" {
-                    (true, Duration::ZERO)
+                    (true, None)
                 } else {
                     grace(pod.created, settings.image_pull_grace)
                 },
@@ -601,7 +622,7 @@ fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Option<Problem
                         "container {container} is crash-looping after {} restarts, {last_exit}",
                         pod.restarts
                     ),
-                    (pod.restarts >= settings.crash_loop_restarts, Duration::ZERO),
+                    (pod.restarts >= settings.crash_loop_restarts, None),
                 )
             }
             _ => problem(
@@ -615,14 +636,14 @@ fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Option<Problem
         return Some(problem(
             "PodFailed",
             format!("pod failed, {last_exit}"),
-            (true, Duration::ZERO),
+            (true, None),
         ));
     }
     if pod.terminated.as_ref().is_some_and(|t| t.reason == "OOMKilled") && !pod.ready {
         return Some(problem(
             "OOMKilled",
             format!("container was OOMKilled, {last_exit}"),
-            (pod.restarts >= settings.crash_loop_restarts, Duration::ZERO),
+            (pod.restarts >= settings.crash_loop_restarts, None),
         ));
     }
     None
@@ -719,7 +740,8 @@ impl Report {
             .previous
             .last_failure
             .as_ref()
-            .filter(|f| f.reason == reason && f.message == message);
+            .filter(|f| f.reason == reason && f.message == message)
+            .filter(|_| self.previous.phase == Some(Phase::Failed));
         let time = same.map_or(Time(self.now), |f| f.time.clone());
         self.status.last_failure = Some(Failure {
             reason: reason.to_owned(),
@@ -742,7 +764,8 @@ impl Report {
             let (reason, message) = problem.map_or(("Degraded", ""), |p| (p.reason.as_str(), p.message.as_str()));
             self.condition("Degraded", true, reason, message);
         } else if self.status.conditions.iter().any(|c| c.type_ == "Degraded") {
-            self.condition("Degraded", false, "AllReplicasHealthy", "");
+            let reason = if problem.is_some() { "NoReplicaReady" } else { "AllReplicasHealthy" };
+            self.condition("Degraded", false, reason, "");
         }
     }
 

@@ -1,0 +1,41 @@
+# mlmodel-operator: common tasks. `make help` lists them.
+
+CARGO       ?= cargo
+CLUSTER_DIR ?= target/cluster
+CRD         := deploy/crd/mlmodels.yaml
+
+.PHONY: help demo build crd cluster-up cluster-down fmt lint
+
+help:
+	@echo "make demo          build, start a local cluster, run the operator on the samples (deploy/demo.sh)"
+	@echo "make build         cargo build --release --locked --bin mlmodel-operator"
+	@echo "make crd           regenerate $(CRD) from the code"
+	@echo "make cluster-up    start a local control plane in $(CLUSTER_DIR) (CLUSTER_DIR=... to change)"
+	@echo "make cluster-down  stop it"
+	@echo "make fmt           cargo fmt"
+	@echo "make lint          cargo fmt --check and clippy with warnings as errors"
+
+demo:
+	deploy/demo.sh
+
+build:
+	$(CARGO) build --release --locked --bin mlmodel-operator
+
+# Written to a temporary file first so a failed run leaves the committed CRD untouched.
+crd:
+	$(CARGO) run --quiet --locked -- crd > $(CRD).tmp || { rm -f $(CRD).tmp; exit 1; }
+	mv $(CRD).tmp $(CRD)
+
+cluster-up:
+	tests/cluster/cluster.sh up $(CLUSTER_DIR)
+	@echo 'use it: eval "$$(tests/cluster/cluster.sh env $(CLUSTER_DIR))"'
+
+cluster-down:
+	tests/cluster/cluster.sh down $(CLUSTER_DIR)
+
+fmt:
+	$(CARGO) fmt
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
