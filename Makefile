@@ -4,10 +4,12 @@ CARGO       ?= cargo
 CLUSTER_DIR ?= target/cluster
 CRD         := deploy/crd/mlmodels.yaml
 
-.PHONY: help demo build crd cluster-up cluster-down fmt lint
+.PHONY: help demo test bench build crd cluster-up cluster-down fmt lint
 
 help:
 	@echo "make demo          build, start a local cluster, run the operator on the samples (deploy/demo.sh)"
+	@echo "make test          build what is missing and run every test, unit and integration (tests/run.sh)"
+	@echo "make bench         reaction-time benchmark on the local control plane (benches/lifecycle.rs)"
 	@echo "make build         cargo build --release --locked --bin mlmodel-operator"
 	@echo "make crd           regenerate $(CRD) from the code"
 	@echo "make cluster-up    start a local control plane in $(CLUSTER_DIR) (CLUSTER_DIR=... to change)"
@@ -17,6 +19,12 @@ help:
 
 demo:
 	deploy/demo.sh
+
+test:
+	tests/run.sh
+
+bench:
+	$(CARGO) bench --locked --bench lifecycle
 
 build:
 	$(CARGO) build --release --locked --bin mlmodel-operator
@@ -39,3 +47,4 @@ fmt:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features fault-injection -- -D warnings

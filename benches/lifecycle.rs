@@ -54,8 +54,11 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 #[tokio::main]
 async fn main() {
-    let count: usize = std::env::var("BENCH_MODELS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    let op = operator::start("bench", &[("RUST_LOG", "warn")]);
+    let count: usize = std::env::var("BENCH_MODELS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let op = operator::start("bench", &[("RUST_LOG", "warn,mlmodel_operator::operator=info")]);
     op.wait_ready(Duration::from_secs(60));
     let ns = support::namespace("bench").await;
     let idle_rss = rss_kib(op.pid());
@@ -69,13 +72,18 @@ async fn main() {
         let jobs: Api<Job> = ns.api();
         tokio::spawn(async move {
             let mut stream = watcher::watcher(jobs, watcher::Config::default()).boxed();
-            while let Some(Ok(Event::Apply(j) | Event::InitApply(j))) = stream.next().await {
+            while let Some(event) = stream.next().await {
+                let Ok(Event::Apply(j) | Event::InitApply(j)) = event else {
+                    continue;
+                };
                 let Some(model) = model_of(&j) else { continue };
                 let now = Instant::now();
                 created.lock().unwrap().entry(model.clone()).or_insert(now);
-                let done = j.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-                    c.iter().any(|c| c.type_ == "Complete" && c.status == "True")
-                });
+                let done = j
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Complete" && c.status == "True"));
                 if done {
                     completed.lock().unwrap().entry(model).or_insert(now);
                 }
@@ -85,7 +93,10 @@ async fn main() {
         let deployments: Api<Deployment> = ns.api();
         tokio::spawn(async move {
             let mut stream = watcher::watcher(deployments, watcher::Config::default()).boxed();
-            while let Some(Ok(Event::Apply(d) | Event::InitApply(d))) = stream.next().await {
+            while let Some(event) = stream.next().await {
+                let Ok(Event::Apply(d) | Event::InitApply(d)) = event else {
+                    continue;
+                };
                 if let Some(model) = model_of(&d) {
                     created.lock().unwrap().entry(model).or_insert_with(Instant::now);
                 }
@@ -95,7 +106,10 @@ async fn main() {
         let models: Api<MLModel> = ns.api();
         tokio::spawn(async move {
             let mut stream = watcher::watcher(models, watcher::Config::default()).boxed();
-            while let Some(Ok(Event::Apply(m) | Event::InitApply(m))) = stream.next().await {
+            while let Some(event) = stream.next().await {
+                let Ok(Event::Apply(m) | Event::InitApply(m)) = event else {
+                    continue;
+                };
                 if m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready) {
                     ready.lock().unwrap().entry(m.name_any()).or_insert_with(Instant::now);
                 }
@@ -127,14 +141,23 @@ async fn main() {
 
     let diff = |later: &Seen, earlier: &HashMap<String, Instant>| -> Vec<Duration> {
         let later = later.lock().unwrap();
-        earlier.iter().filter_map(|(k, t0)| later.get(k).map(|t1| t1.saturating_duration_since(*t0))).collect()
+        earlier
+            .iter()
+            .filter_map(|(k, t0)| later.get(k).map(|t1| t1.saturating_duration_since(*t0)))
+            .collect()
     };
     let completed: HashMap<String, Instant> = job_completed.lock().unwrap().clone();
     println!("mlmodel-operator lifecycle benchmark: {count} models created in one burst");
     report("apply -> download Job created", diff(&job_created, &applied));
-    report("Job complete -> Deployment created", diff(&deployment_created, &completed));
+    report(
+        "Job complete -> Deployment created",
+        diff(&deployment_created, &completed),
+    );
     report("apply -> Ready", diff(&ready, &applied));
-    println!("all {count} models Ready {:.2} s after the first apply", all_ready.as_secs_f64());
+    println!(
+        "all {count} models Ready {:.2} s after the first apply",
+        all_ready.as_secs_f64()
+    );
     println!(
         "operator RSS: idle {} KiB, after {count} models {} KiB",
         idle_rss.map_or("?".into(), |v| v.to_string()),

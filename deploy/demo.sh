@@ -187,9 +187,16 @@ cleanup() {
   fi
   exit "$rc"
 }
+# While it keeps running on request (DEMO_KEEP_RUNNING), Ctrl-C is the normal way to stop.
+stopping_is_normal=0
+on_signal() {
+  printf '\n    interrupted\n'
+  [[ "$stopping_is_normal" == 1 ]] && exit 0
+  exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
 
 # ---------------------------------------------------------------------------------------------
 # 1. Build the operator
@@ -367,8 +374,8 @@ done
 heading "what was simulated"
 if [[ "$existing" == 1 ]]; then
   cat <<EOF
-  This ran against your cluster ($context): the pods above are real, scheduled by its
-  scheduler and run by its kubelets.
+  This ran against your cluster ($context): the download Job and the serving pods were
+  scheduled and run by that cluster's own nodes.
 EOF
 else
   cat <<'EOF'
@@ -393,6 +400,8 @@ if [[ "$keep_running" == 1 ]]; then
     printf 'In another shell: eval "%s"; kubectl get mlmodels -A\n' \
       "\$($repo/tests/cluster/cluster.sh env $state_dir)"
   fi
+  stopping_is_normal=1
   wait "$operator_pid" || true
+  stopping_is_normal=0
   die "the operator exited on its own (log: $operator_log)"
 fi

@@ -136,6 +136,7 @@ impl RunArgs {
                     downloader_image: self.downloader_image,
                     cluster_domain: self.cluster_domain,
                     downloader_pull_policy: self.downloader_pull_policy,
+                    downloader_telemetry_env: downloader_telemetry_env(),
                 },
                 unschedulable_grace: Duration::from_secs(self.unschedulable_grace_seconds),
                 image_pull_grace: Duration::from_secs(self.image_pull_grace_seconds),
@@ -153,6 +154,23 @@ impl RunArgs {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
         })
     }
+}
+
+/// The operator's own OTLP export settings, handed to download Jobs so the downloader's
+/// spans reach the same collector (the operator's service name is not passed on).
+fn downloader_telemetry_env() -> Vec<(String, String)> {
+    const PASSED: [&str; 6] = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+    ];
+    PASSED
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect()
 }
 
 fn main() -> ExitCode {

@@ -53,9 +53,11 @@ pub struct BuildSettings {
     pub downloader_image: String,
     /// DNS suffix of the cluster's Services.
     pub cluster_domain: String,
-    /// Extra annotations/labels are not configurable; this keeps the image pull policy of the
-    /// download Job (`IfNotPresent` by default).
+    /// Image pull policy of the download Job (`IfNotPresent` by default).
     pub downloader_pull_policy: String,
+    /// OpenTelemetry export settings (`OTEL_EXPORTER_OTLP_*`) passed to the download Job, so
+    /// the downloader's spans reach the same collector as the operator's.
+    pub downloader_telemetry_env: Vec<(String, String)>,
 }
 
 impl Default for BuildSettings {
@@ -64,6 +66,7 @@ impl Default for BuildSettings {
             downloader_image: format!("mlmodel-operator:{}", env!("CARGO_PKG_VERSION")),
             cluster_domain: "cluster.local".to_owned(),
             downloader_pull_policy: "IfNotPresent".to_owned(),
+            downloader_telemetry_env: Vec::new(),
         }
     }
 }
@@ -351,6 +354,12 @@ pub fn download_job(model: &MLModel, version: i64, settings: &BuildSettings, ctx
     if let Some(tp) = &ctx.traceparent {
         env.push(self::env("TRACEPARENT", tp.clone()));
     }
+    env.extend(
+        settings
+            .downloader_telemetry_env
+            .iter()
+            .map(|(k, v)| self::env(k, v.clone())),
+    );
     let mut labels = labels(model, COMPONENT_DOWNLOAD);
     labels.insert(VERSION_LABEL.to_owned(), version.to_string());
     let mut meta = child_meta(model, job_name(&name, version), COMPONENT_DOWNLOAD);

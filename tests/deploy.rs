@@ -20,11 +20,7 @@ fn kustomization_applies_with_server_dry_run() {
     let deploy = repo().join("deploy");
     // A server-side dry run does not create the namespace, so the namespaced objects would be
     // rejected with "namespace not found" in a fresh cluster: create it for real first.
-    cluster.kubectl_ok(&[
-        "apply",
-        "-f",
-        &deploy.join("rbac/namespace.yaml").to_string_lossy(),
-    ]);
+    cluster.kubectl_ok(&["apply", "-f", &deploy.join("rbac/namespace.yaml").to_string_lossy()]);
     let out = cluster
         .kubectl()
         .args(["apply", "-k", &deploy.to_string_lossy(), "--dry-run=server"])

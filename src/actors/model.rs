@@ -212,10 +212,49 @@ impl ModelState {
             return;
         }
         let span = rollout_span(&format!("phase {phase}"), model);
+        span.record("mlmodel.phase", phase.as_str());
         telemetry::set_parent_from_traceparent(&span, &rollout.traceparent);
         rollout.span = Some(span);
     }
+
+    /// Deletion is a trace of its own: a root `mlmodel.delete`, the Terminating phase, and
+    /// `mlmodel.deleted` once the finalizer is released.
+    fn deletion_trace(&mut self, model: &MLModel, status: &mut MLModelStatus) {
+        if self.rollout.as_ref().is_some_and(|r| r.generation == DELETION) {
+            return;
+        }
+        let stored = model
+            .status
+            .as_ref()
+            .filter(|s| s.phase == Some(Phase::Terminating))
+            .and_then(|s| s.traceparent.clone());
+        let traceparent = stored.or_else(|| telemetry::traceparent_of(&rollout_span("mlmodel.delete", model)));
+        if let Some(tp) = traceparent {
+            status.trace_id = tp.split('-').nth(1).map(str::to_owned);
+            status.traceparent = Some(tp.clone());
+            self.rollout = Some(Rollout {
+                generation: DELETION,
+                traceparent: tp,
+                phase: None,
+                span: None,
+            });
+        }
+    }
+
+    fn deletion_done(&mut self, model: &MLModel) {
+        let Some(mut rollout) = self.rollout.take().filter(|r| r.generation == DELETION) else {
+            return;
+        };
+        if let Some(span) = rollout.span.take() {
+            drop(span.enter());
+        }
+        let done = rollout_span("mlmodel.deleted", model);
+        telemetry::set_parent_from_traceparent(&done, &rollout.traceparent);
+    }
 }
+
+/// The generation marker of a deletion's trace.
+const DELETION: i64 = -1;
 
 fn rollout_span(name: &str, model: &MLModel) -> Span {
     tracing::info_span!(
@@ -335,12 +374,14 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
     if state.status.is_some() {
         model.status = state.status.clone();
     }
+    // Before deciding, so the download Job it may create carries the rollout's context.
+    let mut status = model.status.clone().unwrap_or_default();
     if model.metadata.deletion_timestamp.is_none() {
-        // Before deciding, so the download Job it may create carries the rollout's context.
-        let mut status = model.status.clone().unwrap_or_default();
         state.span_for(&model, &mut status);
-        model.status = Some(status);
+    } else {
+        state.deletion_trace(&model, &mut status);
     }
+    model.status = Some(status);
     let observed = Observed {
         now: Timestamp::now(),
         ..state.observed.clone()
@@ -359,6 +400,9 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
             return handle_error(myself, state, &model, error).await;
         }
         state.assume(action);
+        if matches!(action, Action::RemoveFinalizer) {
+            state.deletion_done(&model);
+        }
     }
     state.retries = 0;
     if !forced.is_empty() {

@@ -219,18 +219,12 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
     // Storage.
     let mut unbound = None;
     match &observed.pvc {
+        // The claim and the download Job are created together: the Job's pod waits for the
+        // claim to bind, and no round trip is spent waiting for it here.
         None => {
             actions.push(Action::ApplyPvc(Box::new(resources::persistent_volume_claim(model))));
-            report.phase(
-                Phase::CreatingStorage,
-                "CreatingStorage",
-                "creating the model's volume".into(),
-            );
-            report.downloaded(false, "Pending", "waiting for the volume");
-            return report.into_decision(actions, None);
+            unbound = Some("creating the model's volume".to_owned());
         }
-        // The download Job is created even before the claim binds: with a WaitForFirstConsumer
-        // storage class the claim binds only once a pod that mounts it is scheduled.
         Some(pvc) if pvc.phase == "Lost" => {
             let message = format!(
                 "volume {} lost its PersistentVolume; delete the claim to have it re-created",
@@ -300,6 +294,19 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
                     Some(p) if p.fatal => {
                         report.downloaded(false, &p.reason, &p.message);
                         report.fail(&p.reason, format!("download Job {}: {}", j.name, p.message));
+                    }
+                    // The scheduler reports an unbound claim until it retries after the
+                    // claim binds; while within the grace period that is not news.
+                    Some(p) if p.message.contains("unbound immediate PersistentVolumeClaims") => {
+                        if let Some(after) = p.fatal_in {
+                            requeue.at(after);
+                        }
+                        report.phase(
+                            Phase::Downloading,
+                            "Downloading",
+                            format!("downloading {}", redact_url(&model.spec.model_url)),
+                        );
+                        report.downloaded(false, "Downloading", "the download Job is waiting for its volume");
                     }
                     Some(p) => {
                         if let Some(after) = p.fatal_in {
@@ -633,11 +640,7 @@ fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Option<Problem
         });
     }
     if pod.phase == "Failed" && !pod.download {
-        return Some(problem(
-            "PodFailed",
-            format!("pod failed, {last_exit}"),
-            (true, None),
-        ));
+        return Some(problem("PodFailed", format!("pod failed, {last_exit}"), (true, None)));
     }
     if pod.terminated.as_ref().is_some_and(|t| t.reason == "OOMKilled") && !pod.ready {
         return Some(problem(
@@ -764,7 +767,11 @@ impl Report {
             let (reason, message) = problem.map_or(("Degraded", ""), |p| (p.reason.as_str(), p.message.as_str()));
             self.condition("Degraded", true, reason, message);
         } else if self.status.conditions.iter().any(|c| c.type_ == "Degraded") {
-            let reason = if problem.is_some() { "NoReplicaReady" } else { "AllReplicasHealthy" };
+            let reason = if problem.is_some() {
+                "NoReplicaReady"
+            } else {
+                "AllReplicasHealthy"
+            };
             self.condition("Degraded", false, reason, "");
         }
     }

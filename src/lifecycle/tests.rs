@@ -328,10 +328,17 @@ fn a_new_model_gets_the_finalizer_and_its_volume() {
 
     let d = decide(&m, &nothing(), &settings());
 
-    assert_eq!(summary(&d.actions), ["AddFinalizer", "ApplyPvc iris-model"]);
+    assert_eq!(
+        summary(&d.actions),
+        ["AddFinalizer", "ApplyPvc iris-model", "ApplyJob iris-download-3"],
+        "the claim and the download Job are created in one pass"
+    );
     assert_eq!(d.status.phase, Some(Phase::CreatingStorage));
     assert_eq!(d.status.observed_generation, Some(3));
-    assert_eq!(conditions(&d.status), [("Ready", "False"), ("Downloaded", "False")]);
+    assert_eq!(
+        conditions(&d.status),
+        [("Ready", "False"), ("Downloaded", "False"), ("Available", "False")]
+    );
     assert!(d.status.conditions.iter().all(|c| c.observed_generation == Some(3)));
     assert!(
         d.status
@@ -376,7 +383,7 @@ fn a_first_rollout_goes_through_storage_download_and_serving() {
         Case {
             name: "no volume yet",
             observed: nothing(),
-            actions: &["ApplyPvc iris-model"],
+            actions: &["ApplyPvc iris-model", "ApplyJob iris-download-1"],
             phase: Phase::CreatingStorage,
             reason: "CreatingStorage",
             message: "creating the model's volume",
@@ -1860,7 +1867,13 @@ fn a_controller_error_holds_until_the_spec_changes() {
             assert_eq!(d.status, previous, "{}", case.name);
             assert_eq!(d.requeue_after, None, "{}", case.name);
         } else {
-            assert_eq!(summary(&d.actions), ["ApplyPvc iris-model"], "{}", case.name);
+            let job = format!("ApplyJob iris-download-{}", case.generation);
+            assert_eq!(
+                summary(&d.actions),
+                ["ApplyPvc iris-model", job.as_str()],
+                "{}",
+                case.name
+            );
             assert_eq!(d.status.phase, Some(Phase::CreatingStorage), "{}", case.name);
             assert_eq!(d.status.observed_generation, Some(case.generation), "{}", case.name);
         }
@@ -2049,7 +2062,10 @@ fn a_condition_keeps_its_transition_time_until_its_status_changes() {
         ..nothing()
     };
     let first = decide(&m, &creating, &settings()).status;
-    assert_eq!(conditions(&first), [("Ready", "False"), ("Downloaded", "False")]);
+    assert_eq!(
+        conditions(&first),
+        [("Ready", "False"), ("Downloaded", "False"), ("Available", "False")]
+    );
 
     let m = with_status(&m, first);
     let downloading = Observed {
@@ -2068,7 +2084,7 @@ fn a_condition_keeps_its_transition_time_until_its_status_changes() {
         ("False", "Downloading", at(-300))
     );
     assert_eq!(condition(&second, "Downloaded").last_transition_time.0, at(-300));
-    assert_eq!(condition(&second, "Available").last_transition_time.0, at(-100));
+    assert_eq!(condition(&second, "Available").last_transition_time.0, at(-300));
 
     let m = with_status(&m, second);
     let third = decide(&m, &serving(&m, 1, vec![ready_pod("iris-serving-a", 1)]), &settings()).status;
