@@ -34,16 +34,7 @@ fn shared() -> &'static Shared {
         // SAFETY: runs once, before `init` and before any test reads these variables; the other
         // tests of this binary are blocked on this `OnceLock` meanwhile.
         unsafe {
-            for var in [
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                "OTEL_SERVICE_NAME",
-                "OTEL_RESOURCE_ATTRIBUTES",
-                "OTEL_TRACES_SAMPLER",
-                "OTEL_SDK_DISABLED",
-                "OTEL_TRACES_EXPORTER",
-            ] {
+            for var in otlp_receiver::EXPORTER_ENV_OVERRIDES {
                 std::env::remove_var(var);
             }
             std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());

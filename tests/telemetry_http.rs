@@ -19,15 +19,7 @@ async fn spans_are_exported_over_http_protobuf_and_flushed_on_shutdown() {
     let receiver = otlp_receiver::start_http_on(runtime.handle());
     // SAFETY: the only test in this binary, run before `init` reads the environment.
     unsafe {
-        for var in [
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_RESOURCE_ATTRIBUTES",
-            "OTEL_TRACES_SAMPLER",
-            "OTEL_SDK_DISABLED",
-            "OTEL_TRACES_EXPORTER",
-            "POD_NAME",
-        ] {
+        for var in otlp_receiver::EXPORTER_ENV_OVERRIDES.into_iter().chain(["POD_NAME"]) {
             std::env::remove_var(var);
         }
         // The generic endpoint: the exporter appends `/v1/traces` itself.

@@ -1,17 +1,15 @@
 //! The traces of model rollouts, end to end: the real operator (and the real downloader)
 //! exporting over OTLP/gRPC to an in-process receiver, on the local control plane.
 //!
-//! The receiver here keeps each span's start and end time, which the phase order needs.
 //! Every test starts its own operator(s), and an operator acts on the models of every
 //! namespace, so the tests of this binary run one at a time (see [`serial`]).
 
 mod kubelet;
 mod operator;
+mod otlp_receiver;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -19,9 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
 use mlmodel_operator::api::{MLModel, Phase};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use otlp_receiver::{ReceivedSpan, Receiver};
 use support::TestNamespace;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,168 +35,49 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The receiver
+// Waiting for spans
 
-/// One span as received; ids in lowercase hex, times in Unix nanoseconds.
-#[derive(Clone, Debug)]
-struct Span {
-    trace_id: String,
-    span_id: String,
-    parent_span_id: Option<String>,
-    name: String,
-    attributes: BTreeMap<String, String>,
-    /// OTLP status code: 0 unset, 1 ok, 2 error.
-    status_code: i32,
-    status_message: String,
-    /// The resource's `service.name`.
-    service: Option<String>,
-    /// The resource's `k8s.pod.name`: the operator's identity.
-    pod: Option<String>,
-    start: u64,
-    end: u64,
-}
-
-impl Span {
-    fn attr(&self, key: &str) -> Option<&str> {
-        self.attributes.get(key).map(String::as_str)
+/// Waits until `predicate` holds for the spans received; returns them. Panics on timeout with
+/// what was received.
+async fn wait_for(receiver: &Receiver, what: &str, predicate: impl Fn(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
+    match receiver.wait_for(predicate, EXPORT_WAIT).await {
+        Some(spans) => spans,
+        None => panic!(
+            "{what}: not received within {EXPORT_WAIT:?}; received:\n{}",
+            describe(&receiver.spans())
+        ),
     }
 }
 
-type Spans = Arc<Mutex<Vec<Span>>>;
-
-/// An OTLP/gRPC receiver on 127.0.0.1, running until the test's runtime shuts down.
-struct Receiver {
-    addr: SocketAddr,
-    spans: Spans,
+/// Waits for the span `name` in trace `trace_id`; returns it and every span received.
+async fn wait_for_span(receiver: &Receiver, trace_id: &str, name: &str) -> (ReceivedSpan, Vec<ReceivedSpan>) {
+    let is_it = |s: &ReceivedSpan| s.trace_id == trace_id && s.name == name;
+    let spans = wait_for(receiver, &format!("span {name:?} in trace {trace_id}"), |spans| {
+        spans.iter().any(is_it)
+    })
+    .await;
+    let span = spans.iter().find(|s| is_it(s)).cloned().unwrap();
+    (span, spans)
 }
 
-impl Receiver {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().unwrap();
-        let spans = Spans::default();
-        let service = TraceServiceServer::new(Collector { spans: spans.clone() });
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
-        Self { addr, spans }
-    }
-
-    /// The value for `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn spans(&self) -> Vec<Span> {
-        self.spans.lock().unwrap().clone()
-    }
-
-    /// Waits until `predicate` holds for the spans received; returns them. Panics on timeout
-    /// with what was received.
-    async fn wait_for(&self, what: &str, predicate: impl Fn(&[Span]) -> bool) -> Vec<Span> {
-        let deadline = tokio::time::Instant::now() + EXPORT_WAIT;
-        loop {
-            let spans = self.spans();
-            if predicate(&spans) {
-                return spans;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "{what}: not received within {EXPORT_WAIT:?}; received:\n{}",
-                    describe(&spans)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Waits for the span `name` in trace `trace_id`; returns it and every span received.
-    async fn wait_for_span(&self, trace_id: &str, name: &str) -> (Span, Vec<Span>) {
-        let spans = self
-            .wait_for(&format!("span {name:?} in trace {trace_id}"), |spans| {
-                spans.iter().any(|s| s.trace_id == trace_id && s.name == name)
-            })
-            .await;
-        let span = spans
-            .iter()
-            .find(|s| s.trace_id == trace_id && s.name == name)
-            .cloned()
-            .unwrap();
-        (span, spans)
-    }
-}
-
-fn describe(spans: &[Span]) -> String {
+fn describe(spans: &[ReceivedSpan]) -> String {
     spans
         .iter()
         .map(|s| {
             format!(
                 "  {} trace={} span={} parent={:?} service={:?} pod={:?} status={} attrs={:?}",
-                s.name, s.trace_id, s.span_id, s.parent_span_id, s.service, s.pod, s.status_code, s.attributes
+                s.name,
+                s.trace_id,
+                s.span_id,
+                s.parent_span_id,
+                s.service_name,
+                s.pod_name(),
+                s.status_code,
+                s.attributes
             )
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-struct Collector {
-    spans: Spans,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut received = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
-            let resource = resource_spans
-                .resource
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default();
-            for scope_spans in resource_spans.scope_spans {
-                for span in scope_spans.spans {
-                    let status = span.status.unwrap_or_default();
-                    received.push(Span {
-                        trace_id: hex::encode(&span.trace_id),
-                        span_id: hex::encode(&span.span_id),
-                        parent_span_id: (!span.parent_span_id.is_empty()).then(|| hex::encode(&span.parent_span_id)),
-                        name: span.name,
-                        attributes: attributes(&span.attributes),
-                        status_code: status.code,
-                        status_message: status.message,
-                        service: resource.get("service.name").cloned(),
-                        pod: resource.get("k8s.pod.name").cloned(),
-                        start: span.start_time_unix_nano,
-                        end: span.end_time_unix_nano,
-                    });
-                }
-            }
-        }
-        self.spans.lock().unwrap().extend(received);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
-    kvs.iter()
-        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(render).unwrap_or_default()))
-        .collect()
-}
-
-fn render(value: &AnyValue) -> String {
-    match &value.value {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        other => format!("{other:?}"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -247,7 +124,7 @@ fn trace_of(m: &MLModel) -> (String, String) {
 }
 
 /// The spans that describe `model` (they carry its uid).
-fn of_model<'a>(spans: &'a [Span], model: &MLModel) -> Vec<&'a Span> {
+fn of_model<'a>(spans: &'a [ReceivedSpan], model: &MLModel) -> Vec<&'a ReceivedSpan> {
     let uid = model.uid().expect("uid");
     spans
         .iter()
@@ -256,8 +133,8 @@ fn of_model<'a>(spans: &'a [Span], model: &MLModel) -> Vec<&'a Span> {
 }
 
 /// The one span named `name` in `trace_id`.
-fn one<'a>(spans: &'a [Span], trace_id: &str, name: &str) -> &'a Span {
-    let found: Vec<&Span> = spans
+fn one<'a>(spans: &'a [ReceivedSpan], trace_id: &str, name: &str) -> &'a ReceivedSpan {
+    let found: Vec<&ReceivedSpan> = spans
         .iter()
         .filter(|s| s.trace_id == trace_id && s.name == name)
         .collect();
@@ -271,7 +148,7 @@ fn one<'a>(spans: &'a [Span], trace_id: &str, name: &str) -> &'a Span {
 }
 
 /// Asserts the resource attributes every rollout span carries.
-fn assert_describes(span: &Span, ns: &TestNamespace, model: &MLModel) {
+fn assert_describes(span: &ReceivedSpan, ns: &TestNamespace, model: &MLModel) {
     let expected = [
         ("k8s.namespace.name", ns.name.clone()),
         ("mlmodel.name", model.name_any()),
@@ -286,7 +163,7 @@ fn assert_describes(span: &Span, ns: &TestNamespace, model: &MLModel) {
 /// Asserts the whole trace of a model that reached Ready; returns its trace id.
 async fn assert_ready_rollout(receiver: &Receiver, ns: &TestNamespace, model: &MLModel) -> String {
     let (trace_id, root_id) = trace_of(model);
-    let (_, spans) = receiver.wait_for_span(&trace_id, "mlmodel.ready").await;
+    let (_, spans) = wait_for_span(receiver, &trace_id, "mlmodel.ready").await;
 
     // One trace for the model, the one its status names.
     let traces: BTreeSet<&str> = of_model(&spans, model).iter().map(|s| s.trace_id.as_str()).collect();
@@ -304,12 +181,12 @@ async fn assert_ready_rollout(receiver: &Receiver, ns: &TestNamespace, model: &M
     assert_describes(root, ns, model);
 
     // A span per phase, then the outcome, each a child of the root, in this order.
-    let mut sequence: Vec<&Span> = spans
+    let mut sequence: Vec<&ReceivedSpan> = spans
         .iter()
         .filter(|s| s.trace_id == trace_id && (s.name.starts_with("phase ") || s.name.starts_with("mlmodel.")))
         .filter(|s| s.name != "mlmodel.rollout")
         .collect();
-    sequence.sort_by_key(|s| s.start);
+    sequence.sort_by_key(|s| s.start_unix_nano);
     let names: Vec<&str> = sequence.iter().map(|s| s.name.as_str()).collect();
     let mut expected = PHASE_SPANS.to_vec();
     expected.push("mlmodel.ready");
@@ -322,24 +199,28 @@ async fn assert_ready_rollout(receiver: &Receiver, ns: &TestNamespace, model: &M
         );
         assert_describes(span, ns, model);
         assert_ne!(span.status_code, 2, "{span:#?}");
-        assert!(span.start >= root.start, "{} starts before the root", span.name);
+        assert!(
+            span.start_unix_nano >= root.start_unix_nano,
+            "{} starts before the root",
+            span.name
+        );
     }
     // Each phase ends when the next begins.
     for pair in sequence.windows(2) {
         assert!(
-            pair[0].end <= pair[1].start,
+            pair[0].end_unix_nano <= pair[1].start_unix_nano,
             "{} (ended {}) overlaps {} (started {})",
             pair[0].name,
-            pair[0].end,
+            pair[0].end_unix_nano,
             pair[1].name,
-            pair[1].start
+            pair[1].start_unix_nano
         );
     }
 
     // Everything in the trace (reconciles included) comes from the operator.
     for span in spans.iter().filter(|s| s.trace_id == trace_id) {
         assert_eq!(
-            span.service.as_deref(),
+            span.service_name.as_deref(),
             Some(OPERATOR_SERVICE),
             "service.name of {span:#?}"
         );
@@ -357,7 +238,7 @@ async fn assert_ready_rollout(receiver: &Receiver, ns: &TestNamespace, model: &M
 #[tokio::test]
 async fn each_rollout_is_one_trace_with_a_span_per_phase() {
     let _serial = serial().await;
-    let receiver = Receiver::start().await;
+    let receiver = otlp_receiver::start().await;
     let _op = start_operator("traces-ready", &receiver, &[]);
     let ns = support::namespace("traces-ready").await;
     ns.apply_yaml(&format!("{}---\n{}", model_yaml("first", ""), model_yaml("second", "")));
@@ -373,7 +254,7 @@ async fn each_rollout_is_one_trace_with_a_span_per_phase() {
 #[tokio::test]
 async fn the_downloaders_spans_join_the_models_trace() {
     let _serial = serial().await;
-    let receiver = Receiver::start().await;
+    let receiver = otlp_receiver::start().await;
     let _op = start_operator("traces-download", &receiver, &[]);
     let ns = support::namespace("traces-download").await;
     ns.apply_yaml(&model_yaml("fetched", ""));
@@ -413,16 +294,7 @@ async fn the_downloaders_spans_join_the_models_trace() {
     let dest = dir.path().join("models");
     let termination_log = dir.path().join("termination-log");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mlmodel-operator"));
-    for var in [
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_SERVICE_NAME",
-        "OTEL_RESOURCE_ATTRIBUTES",
-        "OTEL_SDK_DISABLED",
-        "OTEL_TRACES_EXPORTER",
-        "OTEL_TRACES_SAMPLER",
-    ] {
+    for var in otlp_receiver::EXPORTER_ENV_OVERRIDES {
         cmd.env_remove(var);
     }
     let out = cmd
@@ -454,27 +326,26 @@ async fn the_downloaders_spans_join_the_models_trace() {
     let fetched = dest.join(&model_name).join(&version).join("model.bin");
     assert_eq!(std::fs::read_to_string(&fetched).unwrap(), "model weights");
 
-    let spans = receiver
-        .wait_for("the downloader's spans", |spans| {
-            ["mlmodel.download", "download.fetch", "mlmodel.rollout"]
-                .iter()
-                .all(|name| spans.iter().any(|s| s.trace_id == trace_id && s.name == *name))
-        })
-        .await;
+    let spans = wait_for(&receiver, "the downloader's spans", |spans| {
+        ["mlmodel.download", "download.fetch", "mlmodel.rollout"]
+            .iter()
+            .all(|name| spans.iter().any(|s| s.trace_id == trace_id && s.name == *name))
+    })
+    .await;
     let root = one(&spans, &trace_id, "mlmodel.rollout");
-    assert_eq!(root.service.as_deref(), Some(OPERATOR_SERVICE));
+    assert_eq!(root.service_name.as_deref(), Some(OPERATOR_SERVICE));
     let download = one(&spans, &trace_id, "mlmodel.download");
     assert_eq!(
         download.parent_span_id.as_deref(),
         Some(root_id.as_str()),
         "mlmodel.download is a child of the rollout's root: {download:#?}"
     );
-    assert_eq!(download.service.as_deref(), Some(DOWNLOADER_SERVICE));
+    assert_eq!(download.service_name.as_deref(), Some(DOWNLOADER_SERVICE));
     let fetch = one(&spans, &trace_id, "download.fetch");
-    assert_eq!(fetch.service.as_deref(), Some(DOWNLOADER_SERVICE));
+    assert_eq!(fetch.service_name.as_deref(), Some(DOWNLOADER_SERVICE));
     assert_ne!(fetch.status_code, 2, "{fetch:#?}");
     // download.fetch hangs below mlmodel.download (through the `download` span).
-    let ids: BTreeMap<&str, &Span> = spans
+    let ids: BTreeMap<&str, &ReceivedSpan> = spans
         .iter()
         .filter(|s| s.trace_id == trace_id)
         .map(|s| (s.span_id.as_str(), s))
@@ -495,7 +366,7 @@ async fn the_downloaders_spans_join_the_models_trace() {
 #[tokio::test]
 async fn a_failed_rollout_ends_with_an_error_span_naming_the_reason() {
     let _serial = serial().await;
-    let receiver = Receiver::start().await;
+    let receiver = otlp_receiver::start().await;
     let _op = start_operator("traces-failed", &receiver, &[("UNSCHEDULABLE_GRACE_SECONDS", "3")]);
     let ns = support::namespace("traces-failed").await;
     let sample =
@@ -507,7 +378,7 @@ async fn a_failed_rollout_ends_with_an_error_span_naming_the_reason() {
     .await;
     let (trace_id, root_id) = trace_of(&model);
 
-    let (failed, spans) = receiver.wait_for_span(&trace_id, "mlmodel.failed").await;
+    let (failed, spans) = wait_for_span(&receiver, &trace_id, "mlmodel.failed").await;
     assert_eq!(failed.parent_span_id.as_deref(), Some(root_id.as_str()), "{failed:#?}");
     assert_eq!(failed.status_code, 2, "error status: {failed:#?}");
     assert_eq!(
@@ -520,7 +391,7 @@ async fn a_failed_rollout_ends_with_an_error_span_naming_the_reason() {
         "status message: {failed:#?}"
     );
     assert_describes(&failed, &ns, &model);
-    assert_eq!(failed.service.as_deref(), Some(OPERATOR_SERVICE));
+    assert_eq!(failed.service_name.as_deref(), Some(OPERATOR_SERVICE));
     assert!(
         !spans
             .iter()
@@ -529,7 +400,7 @@ async fn a_failed_rollout_ends_with_an_error_span_naming_the_reason() {
     );
     let serving = one(&spans, &trace_id, "phase Serving");
     assert!(
-        serving.end <= failed.start,
+        serving.end_unix_nano <= failed.start_unix_nano,
         "the Serving phase ends when the failure starts"
     );
 }
@@ -537,7 +408,7 @@ async fn a_failed_rollout_ends_with_an_error_span_naming_the_reason() {
 #[tokio::test]
 async fn a_restarted_operator_continues_the_rollouts_trace() {
     let _serial = serial().await;
-    let receiver = Receiver::start().await;
+    let receiver = otlp_receiver::start().await;
     let mut first = start_operator("traces-first", &receiver, &[]);
     let ns = support::namespace("traces-restart").await;
     ns.apply_yaml(&model_yaml(
@@ -548,8 +419,8 @@ async fn a_restarted_operator_continues_the_rollouts_trace() {
     let model = support::wait_for(&models, "held", TIMEOUT, |m| phase(m) == Some(Phase::Serving)).await;
     let (trace_id, root_id) = trace_of(&model);
     // What the first operator ended before dying has been exported.
-    let (downloading, _) = receiver.wait_for_span(&trace_id, "phase Downloading").await;
-    assert_eq!(downloading.pod.as_deref(), Some("traces-first"));
+    let (downloading, _) = wait_for_span(&receiver, &trace_id, "phase Downloading").await;
+    assert_eq!(downloading.pod_name(), Some("traces-first"));
     first.kill();
 
     let _second = start_operator("traces-second", &receiver, &[]);
@@ -565,12 +436,12 @@ async fn a_restarted_operator_continues_the_rollouts_trace() {
         "the status keeps the rollout's trace"
     );
 
-    let (ready, spans) = receiver.wait_for_span(&trace_id, "mlmodel.ready").await;
-    assert_eq!(ready.pod.as_deref(), Some("traces-second"), "{ready:#?}");
+    let (ready, spans) = wait_for_span(&receiver, &trace_id, "mlmodel.ready").await;
+    assert_eq!(ready.pod_name(), Some("traces-second"), "{ready:#?}");
     assert_eq!(ready.parent_span_id.as_deref(), Some(root_id.as_str()), "{ready:#?}");
     assert_describes(&ready, &ns, &model);
     let root = one(&spans, &trace_id, "mlmodel.rollout");
-    assert_eq!(root.pod.as_deref(), Some("traces-first"));
+    assert_eq!(root.pod_name(), Some("traces-first"));
     let traces: BTreeSet<&str> = of_model(&spans, &model).iter().map(|s| s.trace_id.as_str()).collect();
     assert_eq!(
         traces,
@@ -578,9 +449,6 @@ async fn a_restarted_operator_continues_the_rollouts_trace() {
         "one trace across both operators:\n{}",
         describe(&spans)
     );
-    let pods_seen: BTreeSet<&str> = of_model(&spans, &model)
-        .iter()
-        .filter_map(|s| s.pod.as_deref())
-        .collect();
+    let pods_seen: BTreeSet<&str> = of_model(&spans, &model).iter().filter_map(|s| s.pod_name()).collect();
     assert_eq!(pods_seen, BTreeSet::from(["traces-first", "traces-second"]));
 }

@@ -395,13 +395,23 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
             _ => None,
         })
         .collect();
-    for action in &decision.actions {
-        if let Err(error) = state.writer.execute(&model, action).await {
-            return handle_error(myself, state, &model, error).await;
-        }
-        state.assume(action);
-        if matches!(action, Action::RemoveFinalizer) {
-            state.deletion_done(&model);
+    // Every action but the finalizer's release is independent of the others (each child is
+    // applied whole and owned by the model), so they run concurrently; the release waits for
+    // the rest, so a model is never let go before its children are asked to go.
+    let (release, independent): (Vec<&Action>, Vec<&Action>) = decision
+        .actions
+        .iter()
+        .partition(|a| matches!(a, Action::RemoveFinalizer));
+    for batch in [independent, release] {
+        let results = futures::future::join_all(batch.iter().map(|a| state.writer.execute(&model, a))).await;
+        for (action, result) in batch.into_iter().zip(results) {
+            if let Err(error) = result {
+                return handle_error(myself, state, &model, error).await;
+            }
+            state.assume(action);
+            if matches!(action, Action::RemoveFinalizer) {
+                state.deletion_done(&model);
+            }
         }
     }
     state.retries = 0;

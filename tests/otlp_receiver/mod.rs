@@ -16,7 +16,21 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
 
-/// One span as received, with ids in lowercase hex.
+/// The OpenTelemetry SDK variables, besides `OTEL_EXPORTER_OTLP_ENDPOINT`, that could send a
+/// process's spans elsewhere, in another protocol or under another name, or not at all: a test
+/// that points an exporter at a receiver clears them first.
+pub const EXPORTER_ENV_OVERRIDES: [&str; 8] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+];
+
+/// One span as received, with ids in lowercase hex and times in Unix nanoseconds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReceivedSpan {
     pub trace_id: String,
@@ -37,11 +51,23 @@ pub struct ReceivedSpan {
     pub resource: BTreeMap<String, String>,
     /// Instrumentation scope name.
     pub scope: String,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
 }
 
 impl ReceivedSpan {
     pub fn is_root(&self) -> bool {
         self.parent_span_id.is_none()
+    }
+
+    /// The span attribute `key`.
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+
+    /// The resource's `k8s.pod.name`: which process exported the span.
+    pub fn pod_name(&self) -> Option<&str> {
+        self.resource.get("k8s.pod.name").map(String::as_str)
     }
 }
 
@@ -199,6 +225,8 @@ fn record(spans: &Spans, request: ExportTraceServiceRequest) {
                     service_name: service_name.clone(),
                     resource: resource.clone(),
                     scope: scope.clone(),
+                    start_unix_nano: span.start_time_unix_nano,
+                    end_unix_nano: span.end_time_unix_nano,
                 });
             }
         }
