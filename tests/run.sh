@@ -30,5 +30,12 @@ echo "built in $((SECONDS - t))s" >&2
 
 step "running unit and integration tests"
 t=$SECONDS
-cargo test --locked --features fault-injection -- "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --features fault-injection --lib --bins --tests -- "$@" 2>&1 | tee "$log" || status=$?
 echo "tests ran in $((SECONDS - t))s; total $((SECONDS - start))s" >&2
+# One closing line over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, g }' "$log"
+exit "$status"
