@@ -31,8 +31,6 @@ pub const MODEL_LABEL: &str = "mlmodel.oda.tmforum.org/name";
 pub const VERSION_LABEL: &str = "mlmodel.oda.tmforum.org/version";
 /// Label telling the download pods from the serving pods.
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
-/// Annotation holding the W3C traceparent of the rollout a child belongs to.
-pub const TRACEPARENT_ANNOTATION: &str = "mlmodel.oda.tmforum.org/traceparent";
 /// Annotation with a digest of the desired object a child was applied from; a differing digest
 /// means the child must be applied again.
 pub const SPEC_HASH_ANNOTATION: &str = "mlmodel.oda.tmforum.org/spec-hash";

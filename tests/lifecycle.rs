@@ -359,3 +359,43 @@ async fn unschedulable_pods_fail_the_model_with_the_schedulers_reason() {
     );
     let _: Api<Pod> = ns.api();
 }
+
+#[tokio::test]
+async fn deletion_forces_a_stuck_child_and_says_so() {
+    let ns = setup("stuck").await;
+    ns.apply_yaml(&model_yaml("stuck", ""));
+    let models = ns.api::<MLModel>();
+    support::wait_for(&models, "stuck", TIMEOUT, is_ready).await;
+    // Someone else's finalizer holds the claim: deletion must not hang on it.
+    let hold = serde_json::json!({"metadata": {"finalizers": ["example.com/hold", "kubernetes.io/pvc-protection"]}});
+    let pvcs = ns.api::<PersistentVolumeClaim>();
+    pvcs.patch("stuck-model", &PatchParams::default(), &Patch::Merge(&hold))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    models.delete("stuck", &DeleteParams::default()).await.unwrap();
+    let m = support::wait_for(&models, "stuck", TIMEOUT, |m| {
+        m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Terminating)
+    })
+    .await;
+    assert!(
+        m.status
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("persistentvolumeclaim/stuck-model")
+    );
+    // The shared operator forces after 20 s.
+    support::wait_for_deletion(&models, "stuck", Duration::from_secs(45)).await;
+    eprintln!("deletion with a stuck child took {:?}", started.elapsed());
+    support::wait_for_deletion(&pvcs, "stuck-model", Duration::from_secs(30)).await;
+    let forced = events_for(&ns, "stuck")
+        .await
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("ForcedDeletion"));
+    let note = forced.and_then(|e| e.note).unwrap_or_default();
+    assert!(
+        note.contains("stuck-model"),
+        "a Warning Event names what was forced: {note:?}"
+    );
+}

@@ -156,7 +156,7 @@ impl ModelState {
             .filter(|s| s.observed_generation == Some(generation))
             .and_then(|s| s.traceparent.clone());
         let traceparent = stored.or_else(|| {
-            let root = rollout_span("mlmodel.rollout", model);
+            let root = rollout_span("mlmodel.rollout", model, current_phase(model));
             telemetry::traceparent_of(&root)
         });
         if let Some(tp) = traceparent {
@@ -200,6 +200,7 @@ impl ModelState {
                     "mlmodel.failed"
                 },
                 model,
+                phase,
             );
             telemetry::set_parent_from_traceparent(&outcome, &rollout.traceparent);
             if let Some(f) = status.last_failure.as_ref().filter(|_| phase == Phase::Failed) {
@@ -211,8 +212,7 @@ impl ModelState {
             }
             return;
         }
-        let span = rollout_span(&format!("phase {phase}"), model);
-        span.record("mlmodel.phase", phase.as_str());
+        let span = rollout_span(&format!("phase {phase}"), model, phase);
         telemetry::set_parent_from_traceparent(&span, &rollout.traceparent);
         rollout.span = Some(span);
     }
@@ -228,7 +228,8 @@ impl ModelState {
             .as_ref()
             .filter(|s| s.phase == Some(Phase::Terminating))
             .and_then(|s| s.traceparent.clone());
-        let traceparent = stored.or_else(|| telemetry::traceparent_of(&rollout_span("mlmodel.delete", model)));
+        let traceparent =
+            stored.or_else(|| telemetry::traceparent_of(&rollout_span("mlmodel.delete", model, Phase::Terminating)));
         if let Some(tp) = traceparent {
             status.trace_id = tp.split('-').nth(1).map(str::to_owned);
             status.traceparent = Some(tp.clone());
@@ -248,7 +249,7 @@ impl ModelState {
         if let Some(span) = rollout.span.take() {
             drop(span.enter());
         }
-        let done = rollout_span("mlmodel.deleted", model);
+        let done = rollout_span("mlmodel.deleted", model, Phase::Terminating);
         telemetry::set_parent_from_traceparent(&done, &rollout.traceparent);
     }
 }
@@ -256,7 +257,11 @@ impl ModelState {
 /// The generation marker of a deletion's trace.
 const DELETION: i64 = -1;
 
-fn rollout_span(name: &str, model: &MLModel) -> Span {
+fn current_phase(model: &MLModel) -> Phase {
+    model.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
+}
+
+fn rollout_span(name: &str, model: &MLModel, phase: Phase) -> Span {
     tracing::info_span!(
         parent: None,
         "mlmodel",
@@ -268,7 +273,7 @@ fn rollout_span(name: &str, model: &MLModel) -> Span {
         mlmodel.name = model.metadata.name.as_deref().unwrap_or_default(),
         mlmodel.uid = model.metadata.uid.as_deref().unwrap_or_default(),
         mlmodel.generation = model.metadata.generation.unwrap_or_default(),
-        mlmodel.phase = model.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()).unwrap_or("Pending"),
+        mlmodel.phase = phase.as_str(),
     )
 }
 

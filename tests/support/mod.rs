@@ -364,9 +364,16 @@ where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + 'static,
 {
     let what = object_ref(api, name);
+    // `is_deleted` compares uids: with the object's own uid it waits for this very object to
+    // go (and also accepts a re-created one with a new uid).
+    let uid = match api.get_opt(name).await {
+        Ok(Some(obj)) => obj.uid().unwrap_or_default(),
+        Ok(None) => return,
+        Err(e) => panic!("{what}: get failed: {e}"),
+    };
     let waited = tokio::time::timeout(
         timeout,
-        kube::runtime::wait::await_condition(api.clone(), name, kube::runtime::wait::conditions::is_deleted("")),
+        kube::runtime::wait::await_condition(api.clone(), name, kube::runtime::wait::conditions::is_deleted(&uid)),
     )
     .await;
     match waited {
