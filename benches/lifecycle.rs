@@ -119,6 +119,22 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let models: Api<MLModel> = ns.api();
+    // Warm-up, not measured: the API server builds its server-side-apply type models and the
+    // operator its connections on first use.
+    let warmup = support::namespace("bench-warmup").await;
+    let spec: MLModelSpec =
+        serde_json::from_value(serde_json::json!({"modelURL": "https://models.example.com/warmup.tar.gz"}))
+            .expect("spec");
+    warmup
+        .api::<MLModel>()
+        .create(&PostParams::default(), &MLModel::new("warmup", spec))
+        .await
+        .expect("create");
+    support::wait_for(&warmup.api::<MLModel>(), "warmup", Duration::from_secs(120), |m| {
+        m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+    })
+    .await;
+
     let mut applied = HashMap::new();
     let burst = Instant::now();
     for i in 0..count {
