@@ -249,6 +249,33 @@ async fn each_rollout_is_one_trace_with_a_span_per_phase() {
     let first_trace = assert_ready_rollout(&receiver, &ns, &first).await;
     let second_trace = assert_ready_rollout(&receiver, &ns, &second).await;
     assert_ne!(first_trace, second_trace, "two models, two traces");
+
+    // Deletion is a trace of its own: a root, the Terminating phase, and the end.
+    models.delete("first", &Default::default()).await.unwrap();
+    support::wait_for_deletion(&models, "first", TIMEOUT).await;
+    let uid = first.uid().unwrap();
+    let spans = wait_for(&receiver, "the deletion's spans", |spans| {
+        spans
+            .iter()
+            .any(|s| s.name == "mlmodel.deleted" && s.attr("mlmodel.uid") == Some(uid.as_str()))
+    })
+    .await;
+    let deleted = spans
+        .iter()
+        .find(|s| s.name == "mlmodel.deleted" && s.attr("mlmodel.uid") == Some(uid.as_str()))
+        .unwrap();
+    assert_ne!(
+        deleted.trace_id, first_trace,
+        "deletion is not part of the rollout's trace"
+    );
+    let root = one(&spans, &deleted.trace_id, "mlmodel.delete");
+    assert_eq!(root.parent_span_id, None);
+    assert_eq!(deleted.parent_span_id.as_deref(), Some(root.span_id.as_str()));
+    let terminating = one(&spans, &deleted.trace_id, "phase Terminating");
+    assert_eq!(terminating.parent_span_id.as_deref(), Some(root.span_id.as_str()));
+    // (Deletion bumps a custom resource's generation, so only the identity is compared.)
+    assert_eq!(terminating.attr("mlmodel.name"), Some("first"));
+    assert_eq!(terminating.attr("k8s.namespace.name"), Some(ns.name.as_str()));
 }
 
 #[tokio::test]
