@@ -47,7 +47,11 @@ async fn events_for(ns: &TestNamespace, name: &str) -> Vec<Event> {
         .expect("list events")
         .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter(|e| {
+            let regarding = e.regarding.as_ref();
+            regarding.and_then(|r| r.kind.as_deref()) == Some("MLModel")
+                && regarding.and_then(|r| r.name.as_deref()) == Some(name)
+        })
         .collect();
     events.sort_by_key(|e| {
         e.event_time

@@ -428,24 +428,23 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
         };
         state.writer.event(&model, &note, "Delete").await;
     }
-    report(state, &model, decision.status).await?;
+    if let Err(error) = report(state, &model, decision.status).await {
+        return handle_error(myself, state, &model, error).await;
+    }
     if let Some(after) = decision.requeue_after {
         state.wake_after(myself, after);
     }
     Ok(())
 }
 
-async fn report(state: &mut ModelState, model: &MLModel, status: MLModelStatus) -> Result<(), ActorProcessingErr> {
+async fn report(state: &mut ModelState, model: &MLModel, status: MLModelStatus) -> Result<(), ClusterError> {
     if model.metadata.deletion_timestamp.is_some() && !model.finalizers().iter().any(|f| f == crate::api::FINALIZER) {
         return Ok(());
     }
     if state.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    if let Err(error) = state.writer.write_status(model, &status).await {
-        state.ctx.metrics.reconcile_error(error.category());
-        return Err(Box::new(error));
-    }
+    state.writer.write_status(model, &status).await?;
     let event = lifecycle::transition_event(state.status.as_ref(), &status);
     state.trace_phase(model, &status);
     if let Some(note) = event {
@@ -488,7 +487,22 @@ async fn handle_error(
                 reason::INVALID_SPEC
             };
             let status = lifecycle::failed_status(model, reason, &error.to_string(), Timestamp::now());
-            report(state, model, status).await
+            match report(state, model, status).await {
+                Ok(()) => Ok(()),
+                // The failure could not be written either: try the whole reconcile again later.
+                Err(error) => {
+                    state.ctx.metrics.reconcile_error(error.category());
+                    let delay = backoff(
+                        state.retries,
+                        Duration::from_millis(200),
+                        state.ctx.supervision.max_backoff,
+                    );
+                    state.retries = state.retries.saturating_add(1);
+                    tracing::warn!(model = %state.key, %error, "could not report the failure; will retry");
+                    state.wake_after(myself, delay);
+                    Ok(())
+                }
+            }
         }
     }
 }
