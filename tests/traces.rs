@@ -257,7 +257,12 @@ async fn each_rollout_is_one_trace_with_a_span_per_phase() {
     let spans = wait_for(&receiver, "the deletion's spans", |spans| {
         spans
             .iter()
-            .any(|s| s.name == "mlmodel.deleted" && s.attr("mlmodel.uid") == Some(uid.as_str()))
+            .filter(|s| s.name == "mlmodel.deleted" && s.attr("mlmodel.uid") == Some(uid.as_str()))
+            .any(|d| {
+                spans
+                    .iter()
+                    .any(|s| s.trace_id == d.trace_id && s.name == "phase Terminating")
+            })
     })
     .await;
     let deleted = spans
