@@ -65,8 +65,10 @@ impl ClusterError {
     }
 
     fn classify(action: String, source: kube::Error) -> Self {
+        // 403 is retried like other transient errors: an API server that has just started
+        // answers 403 until its authorizer has synced RBAC.
         match &source {
-            kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422) => ClusterError::Rejected {
+            kube::Error::Api(status) if matches!(status.code, 400 | 422) => ClusterError::Rejected {
                 code: status.code,
                 action,
                 message: status.message.clone(),
