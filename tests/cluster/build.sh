@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the local Kubernetes control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd, kwok) from their Go modules into a cache outside the
-# repository, keyed by version and by the pinned go.sum files. A warm run is a no-op.
+# Builds the local cluster's components from their Go modules into a cache outside the
+# repository, keyed by version and by the pinned go.sum files: kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, etcd, kwok and
+# Rancher's local-path-provisioner. A warm run is a no-op.
 #
 #   tests/cluster/build.sh            build what is missing, print the bin directory
 #   tests/cluster/build.sh --update   regenerate the wrapper modules' go.mod/go.sum
@@ -32,7 +33,7 @@ update_kubernetes() {
     echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
     echo
     echo "tool ("
-    for t in kube-apiserver kube-controller-manager kube-scheduler kubectl; do printf '\t%s\n' "k8s.io/kubernetes/cmd/$t"; done
+    for t in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do printf '\t%s\n' "k8s.io/kubernetes/cmd/$t"; done
     echo ")"
     echo
     echo "replace ("
@@ -52,23 +53,15 @@ if [[ "${1:-}" == "--update" ]]; then
   update_kubernetes
   update_simple etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3
   update_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+  update_simple local-path-provisioner github.com/rancher/local-path-provisioner \
+    "$LOCAL_PATH_PROVISIONER_VERSION" github.com/rancher/local-path-provisioner
   exit 0
 fi
 
-key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_$(cat "$here"/go/*/go.sum "$here/build.sh" | sha256sum | cut -c1-12)"
-cache="${MLMODEL_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlmodel-operator/controlplane}/$key"
-bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
-
-missing=()
-for b in "${bins[@]}"; do [[ -x "$cache/bin/$b" ]] || missing+=("$b"); done
-if [[ ${#missing[@]} -eq 0 ]]; then
-  log "cached: ${bins[*]} in $cache/bin"
-  echo "$cache/bin"
-  exit 0
-fi
-
-start=$SECONDS
-mkdir -p "$cache/bin.tmp"
+# Each module group is cached on its own, keyed by its version and pinned go.sum, so adding
+# or bumping one component never rebuilds the others. A directory of links keyed by every
+# group's key is what callers get.
+root="${MLMODEL_CONTROLPLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlmodel-operator/controlplane}"
 minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
 kldflags=""
 for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
@@ -76,20 +69,47 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
   kldflags+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=1970-01-01T00:00:00Z'"
 done
 
-build() { # module-dir ldflags package...
-  local dir="$1" ldflags="$2"; shift 2
-  local t=$SECONDS
-  (cd "$here/go/$dir" && go build -mod=readonly -trimpath -ldflags "-s -w $ldflags" -o "$cache/bin.tmp/" "$@")
-  log "built $* in $((SECONDS - t))s"
+# group name|version|ldflags|binary=package ...
+groups=(
+  "kubernetes|$KUBERNETES_VERSION|$kldflags|kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler kubectl=k8s.io/kubernetes/cmd/kubectl kubelet=k8s.io/kubernetes/cmd/kubelet kube-proxy=k8s.io/kubernetes/cmd/kube-proxy"
+  "etcd|$ETCD_VERSION|-X 'go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION'|etcd=go.etcd.io/etcd/server/v3"
+  "kwok|$KWOK_VERSION|-X 'sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION'|kwok=sigs.k8s.io/kwok/cmd/kwok"
+  "local-path-provisioner|$LOCAL_PATH_PROVISIONER_VERSION||local-path-provisioner=github.com/rancher/local-path-provisioner"
+)
+
+group_dir() { # name version
+  echo "$root/$1-$2-$(cat "$here/go/$1/go.sum" | sha256sum | cut -c1-12)"
 }
 
-log "building the local control plane into $cache (first build takes tens of minutes)"
-build kubernetes "$kldflags" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
-build etcd "-X 'go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION'" go.etcd.io/etcd/server/v3
-mv "$cache/bin.tmp/server" "$cache/bin.tmp/etcd" # go names a .../v3 main package after its parent element
-build kwok "-X 'sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION'" sigs.k8s.io/kwok/cmd/kwok
-rm -rf "$cache/bin" && mv "$cache/bin.tmp" "$cache/bin"
-log "built ${bins[*]} in $((SECONDS - start))s"
-echo "$cache/bin"
+start=$SECONDS
+keys=""
+links=()
+for g in "${groups[@]}"; do
+  IFS='|' read -r name version ldflags pairs <<<"$g"
+  dir="$(group_dir "$name" "$version")"
+  keys+="$dir "
+  missing=0
+  for pair in $pairs; do
+    links+=("$dir/bin/${pair%%=*}")
+    [[ -x "$dir/bin/${pair%%=*}" ]] || missing=1
+  done
+  [[ $missing == 1 ]] || continue
+  log "building $name $version into $dir (a first build takes minutes)"
+  t=$SECONDS
+  rm -rf "$dir/bin.tmp" && mkdir -p "$dir/bin.tmp"
+  for pair in $pairs; do
+    (cd "$here/go/$name" && go build -mod=readonly -trimpath -ldflags "-s -w $ldflags" \
+      -o "$dir/bin.tmp/${pair%%=*}" "${pair#*=}") || { log "error: building ${pair#*=} failed"; exit 1; }
+  done
+  rm -rf "$dir/bin" && mv "$dir/bin.tmp" "$dir/bin"
+  log "built $name in $((SECONDS - t))s"
+done
+
+bin="$root/bin-$(echo "$keys" | sha256sum | cut -c1-12)"
+if [[ ! -d "$bin" ]]; then
+  mkdir -p "$bin.tmp"
+  for l in "${links[@]}"; do ln -sf "$l" "$bin.tmp/"; done
+  rm -rf "$bin" && mv "$bin.tmp" "$bin"
+fi
+((SECONDS - start < 2)) || log "control plane built in $((SECONDS - start))s"
+echo "$bin"
