@@ -4,15 +4,16 @@ CARGO       ?= cargo
 CLUSTER_DIR ?= target/cluster
 CRD         := deploy/crd/mlmodels.yaml
 
-.PHONY: help demo test bench build crd cluster-up cluster-down fmt lint
+.PHONY: help demo test bench build images crd cluster-up cluster-down fmt lint
 
 help:
 	@echo "make demo          build, start a local cluster, run the operator on the samples (deploy/demo.sh)"
 	@echo "make test          build what is missing and run every test, unit and integration (tests/run.sh)"
 	@echo "make bench         reaction-time benchmark on the local control plane (benches/lifecycle.rs)"
 	@echo "make build         cargo build --release --locked --bin mlmodel-operator"
+	@echo "make images        build the real node's images with podman (tests/cluster/images.sh; root)"
 	@echo "make crd           regenerate $(CRD) from the code"
-	@echo "make cluster-up    start a local control plane in $(CLUSTER_DIR) (CLUSTER_DIR=... to change)"
+	@echo "make cluster-up    start a local control plane in $(CLUSTER_DIR) (CLUSTER_DIR=..., REAL_NODE=1 adds a real node)"
 	@echo "make cluster-down  stop it"
 	@echo "make fmt           cargo fmt"
 	@echo "make lint          cargo fmt --check and clippy with warnings as errors"
@@ -29,13 +30,16 @@ bench:
 build:
 	$(CARGO) build --release --locked --bin mlmodel-operator
 
+images:
+	tests/cluster/images.sh build
+
 # Written to a temporary file first so a failed run leaves the committed CRD untouched.
 crd:
 	$(CARGO) run --quiet --locked -- crd > $(CRD).tmp || { rm -f $(CRD).tmp; exit 1; }
 	mv $(CRD).tmp $(CRD)
 
 cluster-up:
-	tests/cluster/cluster.sh up $(CLUSTER_DIR)
+	tests/cluster/cluster.sh up $(CLUSTER_DIR) $(if $(filter 1,$(REAL_NODE)),--real-node)
 	@echo 'use it: eval "$$(tests/cluster/cluster.sh env $(CLUSTER_DIR))"'
 
 cluster-down:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Local Kubernetes test bed: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-# and kwok (fake nodes, simulated pod lifecycle), all on 127.0.0.1 with free ports.
+# and kwok (fake nodes, simulated pod lifecycle), all on 127.0.0.1 with free ports; with
+# --real-node also a real node (containerd, kubelet, kube-proxy, local-path-provisioner, a
+# model store) whose pods really run, and then the API server listens on the node's bridge.
 #
-#   tests/cluster/cluster.sh up <state-dir> [--watch-pid PID]
+#   tests/cluster/cluster.sh up <state-dir> [--watch-pid PID] [--real-node]
 #   tests/cluster/cluster.sh down <state-dir>
 #   tests/cluster/cluster.sh env <state-dir>
 #
@@ -14,8 +16,15 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 self="$here/$(basename "${BASH_SOURCE[0]}")"
 manifests="$here/manifests"
 marker=".mlmodel-operator-cluster"
+# shellcheck source=versions.env
+source "$here/versions.env"
+# shellcheck source=node.sh
+source "$here/node.sh"
 # Components, in start order; `down` stops them in reverse.
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+control_plane=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+node_components=(containerd kubelet kube-proxy local-path-provisioner model-store)
+components=("${control_plane[@]}")
+real_node=0
 
 log() { echo "[cluster] $*" >&2; }
 die() {
@@ -24,7 +33,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,10p' "$self" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,13p' "$self" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -120,6 +129,10 @@ cmd_up() {
         watch_pid="${1#*=}"
         shift
         ;;
+      --real-node)
+        real_node=1
+        shift
+        ;;
       *) usage ;;
     esac
   done
@@ -144,25 +157,41 @@ cmd_up() {
   mkdir -p "$state/logs" "$state/pids" "$state/pki" "$state/kwok"
   touch "$state/$marker"
 
+  [[ $real_node == 0 ]] || node_preflight
   local bin
   bin="$("$here/build.sh")" || die "building the control plane failed"
   local b
   for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
     [[ -x "$bin/$b" ]] || die "missing $bin/$b"
   done
+  [[ $real_node == 0 ]] || node_images
 
   trap 'on_up_exit' EXIT
+  local host=127.0.0.1 api_extra=(--endpoint-reconciler-type=none)
+  if [[ $real_node == 1 ]]; then
+    components+=("${node_components[@]}")
+    echo 1 >"$state/real-node"
+    node_host_setup
+    # Pods reach the API server through the `kubernetes` Service, whose endpoint is the
+    # advertised address: the node's bridge address, in the serving certificate too.
+    host="$node_ip"
+    api_extra=()
+  fi
 
   local etcd_port etcd_peer_port api_port
   etcd_port="$(pick_port)"
   etcd_peer_port="$(pick_port)"
   api_port="$(pick_port)"
-  local url="https://127.0.0.1:$api_port"
+  local url="https://$host:$api_port"
   local pki="$state/pki" kubeconfig="$state/kubeconfig"
 
   local token
   token="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   printf '%s,admin,admin,"system:masters"\n' "$token" >"$pki/tokens.csv"
+  if [[ $real_node == 1 ]]; then
+    node_pki "$pki"
+    mapfile -t -O "${#api_extra[@]}" api_extra < <(node_apiserver_flags "$pki")
+  fi
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   chmod 600 "$pki/tokens.csv" "$pki/sa.key"
@@ -188,8 +217,8 @@ cmd_up() {
 
   start kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
+    --bind-address="$host" \
+    --advertise-address="$host" \
     --secure-port="$api_port" \
     --cert-dir="$pki" \
     --authorization-mode=Node,RBAC \
@@ -198,7 +227,7 @@ cmd_up() {
     --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 \
-    --endpoint-reconciler-type=none \
+    "${api_extra[@]}" \
     --allow-privileged=true \
     --enable-priority-and-fairness=false \
     --profiling=false \
@@ -287,14 +316,30 @@ EOF
     for c in kube-controller-manager kube-scheduler kwok; do require_running "$c"; done
     ((SECONDS < deadline)) || fail_with_logs kwok "fake nodes not Ready after 60s"
   done
-  for c in "${components[@]}"; do require_running "$c"; done
-
   {
     echo "APISERVER_URL=$url"
     echo "KUBECONFIG=$kubeconfig"
     echo "BIN_DIR=$bin"
     echo "ETCD_URL=http://127.0.0.1:$etcd_port"
   } >"$state/cluster.env"
+
+  if [[ $real_node == 1 ]]; then
+    local t=$SECONDS
+    node_start_containerd
+    node_start_kubelet "$bin" "$url"
+    node_start_kube_proxy "$bin" "$url"
+    node_start_storage "$bin"
+    node_start_model_store
+    node_wait_ready "$bin"
+    {
+      echo "REAL_NODE=$node_name"
+      echo "NODE_IP=$node_ip"
+      echo "MODEL_STORE_DIR=$state/store"
+      echo "MODEL_STORE_URL=http://$node_ip:$model_store_port"
+    } >>"$state/cluster.env"
+    log "real node $node_name Ready in $((SECONDS - t))s"
+  fi
+  for c in "${components[@]}"; do require_running "$c"; done
 
   if [[ -n "$watch_pid" ]]; then
     # shellcheck disable=SC2016 # expanded by the reaper's shell
@@ -320,15 +365,33 @@ on_up_exit() {
   local rc=$?
   if [[ $rc -ne 0 ]]; then
     log "cluster up failed; stopping what was started (logs kept in $state/logs)"
-    stop_components "$state"
+    stop_cluster "$state"
   fi
 }
 
-# stop_components STATE: SIGTERM every recorded process group, wait, then SIGKILL.
+# stop_cluster STATE: stops every component; with a real node, first what creates pods,
+# then the node's pods through the kubelet, then the node, then the control plane.
+stop_cluster() {
+  local st="$1"
+  if [[ -f "$st/real-node" ]]; then
+    stop_components "$st" model-store local-path-provisioner kwok kube-scheduler kube-controller-manager
+    node_drain "$st"
+    stop_components "$st" kube-proxy kubelet
+    node_stop_containers
+    stop_components "$st" containerd
+    stop_components "$st" kube-apiserver etcd
+    if [[ "$(cat "$node_lock/owner" 2>/dev/null)" == "$st" ]]; then node_cleanup_host; fi
+  else
+    stop_components "$st" kwok kube-scheduler kube-controller-manager kube-apiserver etcd
+  fi
+}
+
+# stop_components STATE NAME...: SIGTERM each recorded process group, wait, then SIGKILL.
 stop_components() {
-  local st="$1" pids=() f pid i
-  for ((i = ${#components[@]} - 1; i >= 0; i--)); do
-    f="$st/pids/${components[i]}.pid"
+  local st="$1" pids=() f pid name
+  shift
+  for name in "$@"; do
+    f="$st/pids/$name.pid"
     [[ -f "$f" ]] || continue
     pid="$(cat "$f")"
     if ours "$pid" "$st"; then
@@ -353,7 +416,7 @@ stop_components() {
     fi
     sleep 0.1
   done
-  rm -f "$st"/pids/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,kwok}.pid
+  for name in "$@"; do rm -f "$st/pids/$name.pid"; done
 }
 
 # remove_hostpath_volumes STATE: deletes the directories the host-path provisioner made for
@@ -387,7 +450,7 @@ cmd_down() {
     if ours "$rp" "$st"; then kill -TERM -- "-$rp" 2>/dev/null || kill -TERM "$rp" 2>/dev/null || true; fi
   fi
   remove_hostpath_volumes "$st"
-  stop_components "$st"
+  stop_cluster "$st"
 
   if [[ "${KEEP_CLUSTER_LOGS:-}" == 1 ]]; then
     find "$st" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +

@@ -25,6 +25,7 @@ declare -A wanted=(
   [buildah]=buildah
   [debootstrap]=debootstrap
   [/bin/busybox]=busybox-static
+  [nft]=nftables
   [socat]=socat
   [ip]=iproute2
 )

@@ -6,6 +6,11 @@
 //! The cluster is started on first use and torn down by the script's reaper as soon as the
 //! test binary exits (also when it is killed). Set `MLMODEL_TEST_CLUSTER=<state-dir>` to
 //! reuse a cluster already started with `tests/cluster/cluster.sh up <state-dir>`.
+//!
+//! Tests whose pods must really run ask for [`node_cluster`] (or [`node_namespace`]) first:
+//! a cluster with a real node. Only one real node can run per machine, so the test command
+//! starts one and names it in `MLMODEL_TEST_NODE_CLUSTER`; without it the binary starts its
+//! own with `up --real-node`, which fails at once if another real node runs.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -42,8 +47,23 @@ pub struct TestCluster {
     pub bin_dir: PathBuf,
     /// State directory of the cluster (logs in `logs/`).
     pub state_dir: PathBuf,
-    /// `https://127.0.0.1:<port>`
+    /// `https://<address>:<port>`
     pub apiserver_url: String,
+    /// The real node, when the cluster has one.
+    pub node: Option<RealNode>,
+}
+
+/// The real node of a cluster started with `--real-node`.
+#[derive(Debug, Clone)]
+pub struct RealNode {
+    /// Node name (its pods really run; kwok nodes are tainted away from them).
+    pub name: String,
+    /// The host's address on the node's bridge, where pods reach the API server and the store.
+    pub ip: String,
+    /// Directory served by the model store.
+    pub store_dir: PathBuf,
+    /// `http://<ip>:<port>` of the model store, reachable from the host and from pods.
+    pub store_url: String,
 }
 
 static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
@@ -55,11 +75,43 @@ static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
 pub fn cluster() -> &'static TestCluster {
     let cluster = CLUSTER.get_or_init(|| match std::env::var_os("MLMODEL_TEST_CLUSTER") {
         Some(dir) if !dir.is_empty() => TestCluster::existing(PathBuf::from(dir)),
-        _ => TestCluster::start(),
+        _ => TestCluster::start(false),
     });
     match cluster {
         Ok(cluster) => cluster,
         Err(message) => panic!("{message}"),
+    }
+}
+
+/// The cluster with a real node shared by every test of this binary; call it (or
+/// [`node_namespace`]) before anything else that uses the cluster.
+///
+/// Panics when the cluster cannot start, or when this binary already uses a cluster without a
+/// real node.
+pub fn node_cluster() -> &'static TestCluster {
+    let cluster = CLUSTER.get_or_init(|| match std::env::var_os("MLMODEL_TEST_NODE_CLUSTER") {
+        Some(dir) if !dir.is_empty() => TestCluster::existing(PathBuf::from(dir)),
+        _ => TestCluster::start(true),
+    });
+    match cluster {
+        Ok(cluster) if cluster.node.is_some() => cluster,
+        Ok(cluster) => panic!("this test binary already uses {}, which has no real node", cluster.state_dir.display()),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// The real node of [`node_cluster`].
+pub fn real_node() -> &'static RealNode {
+    node_cluster().node.as_ref().expect("node_cluster has a real node")
+}
+
+/// A fresh namespace in the cluster with a real node, deleted when dropped.
+pub async fn node_namespace(prefix: &str, restricted: bool) -> TestNamespace {
+    node_cluster();
+    if restricted {
+        restricted_namespace(prefix).await
+    } else {
+        namespace(prefix).await
     }
 }
 
@@ -84,7 +136,7 @@ fn repo_root() -> PathBuf {
 }
 
 impl TestCluster {
-    fn start() -> Result<Self, String> {
+    fn start(real_node: bool) -> Result<Self, String> {
         let script = repo_root().join("tests/cluster/cluster.sh");
         let state_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "cluster-{}-{:08x}",
@@ -92,11 +144,15 @@ impl TestCluster {
             rand::random::<u32>()
         ));
         let started = Instant::now();
-        let output = Command::new(&script)
-            .arg("up")
+        let mut cmd = Command::new(&script);
+        cmd.arg("up")
             .arg(&state_dir)
             .arg("--watch-pid")
-            .arg(std::process::id().to_string())
+            .arg(std::process::id().to_string());
+        if real_node {
+            cmd.arg("--real-node");
+        }
+        let output = cmd
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
@@ -128,10 +184,20 @@ impl TestCluster {
                 .map(|v| (*v).to_owned())
                 .ok_or_else(|| format!("{key} missing in {}", path.display()))
         };
+        let node = match env.get("REAL_NODE") {
+            Some(name) => Some(RealNode {
+                name: (*name).to_owned(),
+                ip: get("NODE_IP")?,
+                store_dir: PathBuf::from(get("MODEL_STORE_DIR")?),
+                store_url: get("MODEL_STORE_URL")?,
+            }),
+            None => None,
+        };
         Ok(Self {
             kubeconfig: PathBuf::from(get("KUBECONFIG")?),
             bin_dir: PathBuf::from(get("BIN_DIR")?),
             apiserver_url: get("APISERVER_URL")?,
+            node,
             state_dir,
         })
     }
