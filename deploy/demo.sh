@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# mlmodel-operator demo: builds the operator, starts a local control plane, runs the operator
-# against it under its ServiceAccount, applies the two samples and shows what happened.
+# mlmodel-operator demo: builds the operator's image, starts a local cluster with a real node,
+# runs the operator against it under its ServiceAccount, applies the samples (a real
+# scikit-learn model served by MLServer, and models that fail for real reasons), sends an
+# inference request to the model that became Ready, and shows what happened.
 #
 #   deploy/demo.sh [--existing-cluster] [--keep-running]      (or: make demo)
 #
@@ -9,7 +11,7 @@
 #                            (same as --existing-cluster; see below)
 #   DEMO_KEEP_RUNNING=1      keep the operator running after the samples settle, until
 #                            Ctrl-C (same as --keep-running)
-#   DEMO_TIMEOUT=180         seconds to wait for the samples to settle
+#   DEMO_TIMEOUT=300         seconds to wait for the samples to settle
 #   DEMO_LOG_DIR=target/demo where the operator's log goes (operator.log)
 #   UNSCHEDULABLE_GRACE_SECONDS=10
 #                            how long a serving pod may stay unschedulable before its model is
@@ -19,9 +21,13 @@
 #                            if set, passed to the operator, which exports its traces there
 #                            (see observability/README.md)
 #
-# Local cluster (default): etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-# kwok from tests/cluster/, in a temporary state dir, torn down when this script exits. The
-# first run builds them from source (10+ minutes); later runs start in a few seconds.
+# Local cluster (default; needs root): etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kwok (fake GPU nodes) and a real node (containerd, kubelet, kube-proxy,
+# local-path-provisioner, a model store) from tests/cluster/, in a temporary state dir, torn
+# down when this script exits. The first run builds the components from their Go modules and
+# the images with podman (the operator's from the Dockerfile, MLServer from PyPI): 30+ minutes
+# on a small machine; later runs start in under a minute. The operator runs on the host from
+# the binary inside its image (one release build).
 #
 # --existing-cluster: nothing is started or installed besides the CRD, the RBAC, the `demo`
 # namespace and the two samples. The operator still runs here, out of cluster, but with the
@@ -36,12 +42,12 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 namespace=demo
-models=(iris resnet-gpu)
-declare -A expected=([iris]=Ready [resnet-gpu]=Failed)
+models=(iris-sklearn iris-wrong-sha iris-missing iris resnet-gpu)
+declare -A expected=([iris-sklearn]=Ready [iris-wrong-sha]=Failed [iris-missing]=Failed [iris]=Failed [resnet-gpu]=Failed)
 
 existing="${DEMO_EXISTING_CLUSTER:-0}"
 keep_running="${DEMO_KEEP_RUNNING:-0}"
-timeout="${DEMO_TIMEOUT:-180}"
+timeout="${DEMO_TIMEOUT:-300}"
 log_dir="${DEMO_LOG_DIR:-$repo/target/demo}"
 grace="${UNSCHEDULABLE_GRACE_SECONDS:-10}"
 
@@ -201,12 +207,28 @@ trap 'on_signal 143' TERM
 # ---------------------------------------------------------------------------------------------
 # 1. Build the operator
 
-step "building the operator (cargo build --release --locked --bin mlmodel-operator)"
-info "a first build compiles every dependency: several minutes on a small machine"
-(cd "$repo" && cargo build --release --locked --bin mlmodel-operator)
-binary="${CARGO_TARGET_DIR:-$repo/target}/release/mlmodel-operator"
-[[ -x "$binary" ]] || die "no binary at $binary after the build"
-info "binary: $binary"
+if [[ "$existing" == 1 ]]; then
+  step "building the operator (cargo build --release --locked --bin mlmodel-operator)"
+  info "a first build compiles every dependency: several minutes on a small machine"
+  (cd "$repo" && cargo build --release --locked --bin mlmodel-operator)
+  binary="${CARGO_TARGET_DIR:-$repo/target}/release/mlmodel-operator"
+else
+  [[ "$(id -u)" == 0 ]] || die "the local cluster's real node needs root (containerd, the kubelet, iptables): run as root, or use --existing-cluster"
+  step "building the images (the operator's from the Dockerfile, MLServer, pause, busybox)"
+  info "a first build compiles the operator and every dependency inside the image and installs"
+  info "MLServer from PyPI: many minutes on a small machine; later runs reuse podman's cache"
+  "$repo/tests/cluster/node-deps.sh"
+  "$repo/tests/cluster/images.sh" build 2>&1 | indent
+  image="$("$repo/tests/cluster/images.sh" list | awk '$1 == "operator" {print $2}')"
+  # The operator runs on the host from the binary the image carries: one release build.
+  mkdir -p "$log_dir"
+  binary="$log_dir/mlmodel-operator"
+  cid="$(CONTAINERS_CONF="$repo/tests/cluster/images/containers.conf" podman create "$image")"
+  podman cp "$cid:/usr/local/bin/mlmodel-operator" "$binary" >/dev/null
+  podman rm "$cid" >/dev/null
+fi
+[[ -x "$binary" ]] || die "no operator binary at $binary after the build"
+info "binary: $binary ($("$binary" --version))"
 
 # ---------------------------------------------------------------------------------------------
 # 2. A cluster
@@ -224,17 +246,34 @@ if [[ "$existing" == 1 ]]; then
   fi
   operator_kubeconfig=""
 else
-  step "starting a local control plane (kube-apiserver, etcd, kwok, ...)"
-  info "the first run builds Kubernetes, etcd and kwok from source: that takes a while (10+ min);"
-  info "later runs reuse ~/.cache/mlmodel-operator/controlplane and start in seconds"
+  step "starting a local cluster with a real node (kube-apiserver, etcd, kwok, containerd, kubelet, ...)"
+  info "the first run builds Kubernetes, etcd, kwok and local-path-provisioner from their Go"
+  info "modules (10+ min); later runs reuse ~/.cache/mlmodel-operator/controlplane"
   state_dir="$(mktemp -d "${TMPDIR:-/tmp}/mlmodel-demo.XXXXXX")"
   # --watch-pid: the cluster goes away with this script even if it is killed outright.
-  "$repo/tests/cluster/cluster.sh" up "$state_dir" --watch-pid "$$" 2>&1 >/dev/null | indent
+  "$repo/tests/cluster/cluster.sh" up "$state_dir" --real-node --watch-pid "$$" 2>&1 >/dev/null | indent
   admin_kubeconfig="$state_dir/kubeconfig"
   bin_dir="$(sed -n 's/^BIN_DIR=//p' "$state_dir/cluster.env")"
   kubectl=("$bin_dir/kubectl" --kubeconfig "$admin_kubeconfig")
   info "state dir: $state_dir"
   info "to look around while it runs: eval \"\$(tests/cluster/cluster.sh env $state_dir)\""
+  "${kubectl[@]}" get nodes -o wide 2>&1 | indent
+  store_dir="$(sed -n 's/^MODEL_STORE_DIR=//p' "$state_dir/cluster.env")"
+  store_url="$(sed -n 's/^MODEL_STORE_URL=//p' "$state_dir/cluster.env")"
+
+  step "making the model: an iris classifier trained with scikit-learn, packed for MLServer"
+  mkdir -p "$store_dir/iris/v1"
+  CONTAINERS_CONF="$repo/tests/cluster/images/containers.conf" podman run --rm --network=none --user 0 \
+    -v "$repo/deploy/samples/models:/src:ro" -v "$store_dir/iris/v1:/out" \
+    "$("$repo/tests/cluster/images.sh" list | awk '$1 == "mlserver" {print $2}')" \
+    python3 /src/iris.py /out/model.tar.gz v1
+  sha="$(sha256sum "$store_dir/iris/v1/model.tar.gz" | cut -d' ' -f1)"
+  pinned="$(sed -n 's/^  sha256: "\(.*\)"$/\1/p' "$repo/deploy/samples/iris-sklearn.yaml")"
+  info "artifact: $store_url/iris/v1/model.tar.gz ($(stat -c %s "$store_dir/iris/v1/model.tar.gz") bytes)"
+  tar -tzvf "$store_dir/iris/v1/model.tar.gz" | indent
+  info "sha256:   $sha"
+  [[ "$sha" == "$pinned" ]] || die "the artifact's sha256 differs from the one pinned in deploy/samples/iris-sklearn.yaml ($pinned)"
+  info "matches the sha256 pinned in deploy/samples/iris-sklearn.yaml"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -313,9 +352,24 @@ if ! "${kubectl[@]}" get namespace "$namespace" >/dev/null 2>&1; then
   "${kubectl[@]}" create namespace "$namespace" | indent
   created_namespace=1
 fi
-"${kubectl[@]}" apply -n "$namespace" -f "$repo/deploy/samples/iris-poc.yaml" -f "$repo/deploy/samples/gpu-too-big.yaml" | indent
-info "iris: a TensorFlow model, exposed: expected to become Ready"
-info "resnet-gpu: asks for 8 nvidia.com/gpu (the nodes have 1 each): expected to fail as Unschedulable"
+if [[ "$existing" == 1 ]]; then
+  models=(iris resnet-gpu)
+  expected=([iris]=Ready [resnet-gpu]=Failed)
+  "${kubectl[@]}" apply -n "$namespace" -f "$repo/deploy/samples/iris-poc.yaml" -f "$repo/deploy/samples/gpu-too-big.yaml" | indent
+  info "iris: the proof of concept's TensorFlow manifest: expected to become Ready"
+else
+  "${kubectl[@]}" apply -n "$namespace" -f "$repo/deploy/samples/iris-sklearn.yaml" \
+    -f "$repo/deploy/samples/failing-downloads.yaml" -f "$repo/deploy/samples/iris-poc.yaml" | indent
+  # The GPU sample's own URL is on the internet; here it downloads the local artifact, so what
+  # stops it is the scheduler.
+  sed "s#^  modelURL: .*#  modelURL: $store_url/iris/v1/model.tar.gz#" "$repo/deploy/samples/gpu-too-big.yaml" |
+    "${kubectl[@]}" apply -n "$namespace" -f - | indent
+  info "iris-sklearn: the real model, downloaded, verified and served by MLServer: expected Ready"
+  info "iris-wrong-sha, iris-missing: a checksum that does not match, a URL the store does not have: expected Failed"
+  info "iris: the proof of concept's manifest, unchanged: its URL is on the internet, which this"
+  info "      cluster cannot reach: expected Failed with the downloader's own error"
+fi
+info "resnet-gpu: asks for 8 nvidia.com/gpu (the fake nodes have 1 each): expected to fail as Unschedulable"
 
 step "waiting for the samples to settle (at most ${timeout}s)"
 declare -A last_phase=()
@@ -371,7 +425,21 @@ for m in "${models[@]}"; do
     --field-selector "regarding.kind=MLModel,regarding.name=$m" --sort-by=.metadata.creationTimestamp 2>&1 | indent
 done
 
-heading "what was simulated"
+if [[ "$existing" != 1 ]]; then
+  heading "an inference request to iris-sklearn, through its Service"
+  ip="$("${kubectl[@]}" get service iris-sklearn -n "$namespace" -o jsonpath='{.spec.clusterIP}')"
+  port="$("${kubectl[@]}" get service iris-sklearn -n "$namespace" -o jsonpath='{.spec.ports[0].port}')"
+  request='{"inputs": [{"name": "flowers", "shape": [3, 4], "datatype": "FP64", "data": [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]}]}'
+  printf '  POST http://%s:%s/v2/models/iris-sklearn/infer\n' "$ip" "$port"
+  printf '  %s\n' "$request"
+  answer="$(curl -fsS --max-time 10 -H 'Content-Type: application/json' -d "$request" \
+    "http://$ip:$port/v2/models/iris-sklearn/infer")" || die "the inference request failed"
+  printf '  answer: %s\n' "$answer"
+  classes="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["outputs"][0]["data"])' <<<"$answer")"
+  printf '  predicted classes (0 setosa, 1 versicolor, 2 virginica): %s\n' "$classes"
+fi
+
+heading "what was real, what was simulated"
 if [[ "$existing" == 1 ]]; then
   cat <<EOF
   This ran against your cluster ($context): the download Job and the serving pods were
@@ -379,11 +447,11 @@ if [[ "$existing" == 1 ]]; then
 EOF
 else
   cat <<'EOF'
-  In this local cluster kwok plays the kubelet: no container really runs and no image is
-  pulled. The download Job's pod completes at once (nothing is downloaded), and the serving
-  pods turn Ready without tensorflow/serving running. The API server, scheduler, controllers
-  and the operator are real: the scheduler's verdict on resnet-gpu (8 GPUs asked, 1 per
-  node) is what the operator reports.
+  Real: the API server, scheduler, controllers, the operator, and the node real-node where
+  the download Jobs ran the operator's image (fetch, sha256 check, unpack into the volume
+  local-path-provisioner made) and MLServer loaded and served iris-sklearn; the answer above
+  came from it. Simulated: the two GPU nodes (kwok), which exist so the scheduler has GPUs
+  to refuse resnet-gpu; the real node has none.
 EOF
 fi
 if [[ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then

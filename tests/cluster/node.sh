@@ -11,6 +11,7 @@ node_name=real-node
 node_bridge=mlmodel0
 node_subnet=10.90.0.0/24
 node_ip=10.90.0.1
+node_store_port=18090
 node_lock=/run/mlmodel-operator-node
 kubelet_root=/var/lib/kubelet
 # Containerd's own content and snapshots (the images) survive `down`, so a warm `up` imports
@@ -336,10 +337,12 @@ EOF
 }
 
 # node_start_model_store: an HTTP server for model artifacts at the bridge address, serving
-# <state-dir>/store (MODEL_STORE_DIR and MODEL_STORE_URL in cluster.env).
+# <state-dir>/store (MODEL_STORE_DIR and MODEL_STORE_URL in cluster.env). Its address is fixed,
+# like the node's, so sample manifests can name it.
 node_start_model_store() {
   mkdir -p "$state/store"
-  model_store_port="$(pick_port)"
+  model_store_port="$node_store_port"
+  ! port_in_use "$model_store_port" || die "port $model_store_port (the model store's) is in use"
   start model-store python3 -m http.server --bind "$node_ip" --directory "$state/store" "$model_store_port"
   local deadline=$((SECONDS + 20))
   until curl -fsS --max-time 2 -o /dev/null "http://$node_ip:$model_store_port/" 2>/dev/null; do
