@@ -342,7 +342,7 @@ EOF
 node_start_model_store() {
   mkdir -p "$state/store"
   model_store_port="$node_store_port"
-  ! port_in_use "$model_store_port" || die "port $model_store_port (the model store's) is in use"
+  [[ -z "$(ss -Htln "sport = :$model_store_port" 2>/dev/null)" ]] || die "port $model_store_port (the model store's) is in use"
   start model-store python3 -m http.server --bind "$node_ip" --directory "$state/store" "$model_store_port"
   local deadline=$((SECONDS + 20))
   until curl -fsS --max-time 2 -o /dev/null "http://$node_ip:$model_store_port/" 2>/dev/null; do
