@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    SleepAction, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -38,6 +38,9 @@ pub const SPEC_HASH_ANNOTATION: &str = "mlmodel.oda.tmforum.org/spec-hash";
 pub const SOURCE_ANNOTATION: &str = "mlmodel.oda.tmforum.org/source";
 /// Where the model volume is mounted in the download and serving pods.
 pub const MODEL_MOUNT: &str = "/models";
+/// Seconds a serving pod keeps answering after its deletion starts (its preStop hook), so
+/// the Service stops routing to it before the server shuts down.
+pub const DRAIN_SECONDS: i64 = 5;
 
 /// Component value of the download Job's pods.
 pub const COMPONENT_DOWNLOAD: &str = "download";
@@ -463,6 +466,17 @@ pub fn serving_deployment(model: &MLModel, version: i64) -> Deployment {
             ..Default::default()
         }]),
         readiness_probe: Some(readiness),
+        // A pod being replaced keeps serving until the Service stops sending it requests: the
+        // endpoint is removed when deletion starts, and kube-proxy needs a moment to apply it.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: DRAIN_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         resources: model.spec.runtime.as_ref().and_then(|r| r.resources.clone()),
         volume_mounts: Some(vec![
             VolumeMount {

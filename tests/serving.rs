@@ -1,0 +1,374 @@
+//! The operator's main job on the real node: a real artifact downloaded by its Job, served by
+//! MLServer, answering inference requests through the model's Service; real download
+//! failures; scaling; updates under continuous traffic; deletion.
+
+mod operator;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
+use kube::api::{Patch, PatchParams};
+use mlmodel_operator::api::{MLModel, Phase};
+use serde_json::json;
+use support::{TestNamespace, real_node, wait_for, wait_for_deletion};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+const MLSERVER: &str = "docker.io/seldonio/mlserver:1.7.1";
+/// Three flowers, one of each class for the v1 model.
+const FLOWERS: &str = "[[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]";
+
+/// An artifact in the model store: its URL and sha256.
+struct Artifact {
+    url: String,
+    sha256: String,
+}
+
+/// The iris classifier of `version` ("v1", "v2"), made once per test binary by
+/// `deploy/samples/models/iris.py` in the model server's image and put in the model store.
+fn artifact(version: &'static str) -> &'static Artifact {
+    static V1: OnceLock<Artifact> = OnceLock::new();
+    static V2: OnceLock<Artifact> = OnceLock::new();
+    let cell = if version == "v1" { &V1 } else { &V2 };
+    cell.get_or_init(|| {
+        let node = real_node();
+        let dir = node.store_dir.join("serving-tests").join(version);
+        std::fs::create_dir_all(&dir).expect("store dir");
+        let scripts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/samples/models");
+        let out = Command::new("podman")
+            .env("CONTAINERS_CONF", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/images/containers.conf"))
+            .args(["run", "--rm", "--network=none", "--user", "0"])
+            .arg("-v")
+            .arg(format!("{}:/src:ro", scripts.display()))
+            .arg("-v")
+            .arg(format!("{}:/out", dir.display()))
+            .args([MLSERVER, "python3", "/src/iris.py", "/out/model.tar.gz", version])
+            .output()
+            .expect("run podman");
+        assert!(out.status.success(), "making the {version} artifact: {}", String::from_utf8_lossy(&out.stderr));
+        let sum = Command::new("sha256sum").arg(dir.join("model.tar.gz")).output().expect("sha256sum");
+        let sha256 = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().expect("a digest").to_owned();
+        Artifact { url: format!("{}/serving-tests/{version}/model.tar.gz", node.store_url), sha256 }
+    })
+}
+
+fn model_yaml(name: &str, url: &str, sha256: Option<&str>, extra: &str) -> String {
+    let sha = sha256.map(|s| format!("  sha256: \"{s}\"\n")).unwrap_or_default();
+    format!(
+        "apiVersion: oda.tmforum.org/v1beta1\nkind: MLModel\nmetadata:\n  name: {name}\nspec:\n  \
+         modelURL: {url}\n{sha}  framework: sklearn\n{extra}"
+    )
+}
+
+fn phase(m: &MLModel) -> Option<Phase> {
+    m.status.as_ref().and_then(|s| s.phase)
+}
+
+fn message(m: &MLModel) -> String {
+    m.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
+}
+
+fn ready_at_generation(m: &MLModel) -> bool {
+    phase(m) == Some(Phase::Ready) && m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation
+}
+
+async fn setup(prefix: &str) -> TestNamespace {
+    let ns = support::node_namespace(prefix, true).await;
+    operator::shared();
+    ns
+}
+
+/// `host:port` of the model's Service (its ClusterIP, routed by kube-proxy).
+async fn service_address(ns: &TestNamespace, name: &str) -> String {
+    let svc = ns.api::<Service>().get(name).await.expect("the model's Service");
+    let spec = svc.spec.expect("spec");
+    let port = spec.ports.as_ref().and_then(|p| p.first()).map(|p| p.port).expect("a port");
+    format!("{}:{port}", spec.cluster_ip.expect("a ClusterIP"))
+}
+
+/// One V2 inference request over HTTP/1.1: (status, body).
+fn infer(address: &str, model: &str) -> std::io::Result<(u16, serde_json::Value)> {
+    let body = format!(r#"{{"inputs": [{{"name": "flowers", "shape": [3, 4], "datatype": "FP64", "data": {FLOWERS}}}]}}"#);
+    let mut stream = TcpStream::connect_timeout(&address.parse().expect("address"), Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, payload) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let json = serde_json::from_str(payload).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+/// (model_version, predictions) of a successful answer.
+fn answer_of(json: &serde_json::Value) -> (String, Vec<i64>) {
+    let version = json["model_version"].as_str().unwrap_or_default().to_owned();
+    let data = json["outputs"][0]["data"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
+        .unwrap_or_default();
+    (version, data)
+}
+
+#[tokio::test]
+async fn a_real_model_becomes_ready_and_answers_through_its_service() {
+    let ns = setup("serve-ready").await;
+    let v1 = artifact("v1");
+    ns.apply_yaml(&model_yaml("iris", &v1.url, Some(&v1.sha256), ""));
+    let models = ns.api::<MLModel>();
+    let model = wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
+    let status = model.status.as_ref().expect("status");
+    assert_eq!(status.ready.as_deref(), Some("1/1"));
+    assert_eq!(
+        status.service_endpoint.as_deref(),
+        Some(format!("iris.{}.svc.cluster.local:8080", ns.name).as_str())
+    );
+
+    let address = service_address(&ns, "iris").await;
+    let (code, json) = infer(&address, "iris").expect("the Service answers");
+    assert_eq!(code, 200, "{json}");
+    assert_eq!(json["model_name"], "iris");
+    assert_eq!(answer_of(&json), ("v1".to_owned(), vec![0, 1, 2]), "{json}");
+}
+
+#[tokio::test]
+async fn download_failures_carry_the_downloaders_line_from_the_real_pod() {
+    let ns = setup("serve-download-fail").await;
+    let v1 = artifact("v1");
+    let missing = v1.url.replace("/v1/", "/v404/");
+    ns.apply_yaml(&model_yaml("missing", &missing, None, ""));
+    ns.apply_yaml(&model_yaml("wrong-sha", &v1.url, Some(&"0".repeat(64)), ""));
+    let models = ns.api::<MLModel>();
+    for (name, expected) in [
+        ("missing", format!("download failed: NotFound: HTTP 404 fetching {missing}")),
+        (
+            "wrong-sha",
+            format!("download failed: ChecksumMismatch: expected {}, got {}", "0".repeat(64), v1.sha256),
+        ),
+    ] {
+        let model = wait_for(&models, name, READY_TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
+        let failure = model.status.as_ref().and_then(|s| s.last_failure.as_ref()).expect("lastFailure");
+        assert_eq!(failure.reason, "DownloadFailed", "{name}");
+        assert_eq!(message(&model), expected, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_runtime_image_that_is_not_present_fails_with_the_kubelets_reason() {
+    let ns = setup("serve-no-image").await;
+    let v1 = artifact("v1");
+    let extra = "  runtime:\n    image: registry.invalid/mlserver:0.0.0\n";
+    ns.apply_yaml(&model_yaml("no-image", &v1.url, Some(&v1.sha256), extra));
+    let model = wait_for(&ns.api::<MLModel>(), "no-image", READY_TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
+    let failure = model.status.as_ref().and_then(|s| s.last_failure.as_ref()).expect("lastFailure");
+    assert_eq!(failure.reason, "ImagePullBackOff", "{model:?}");
+    assert!(
+        failure.message.contains("registry.invalid/mlserver:0.0.0"),
+        "the kubelet's message names the image: {}",
+        failure.message
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_serve_from_one_volume_and_scale_to_zero_and_back() {
+    let ns = setup("serve-scale").await;
+    let v1 = artifact("v1");
+    ns.apply_yaml(&model_yaml("iris", &v1.url, Some(&v1.sha256), "  replicas: 2\n"));
+    let models = ns.api::<MLModel>();
+    let model = wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
+    assert_eq!(model.status.as_ref().and_then(|s| s.ready.clone()).as_deref(), Some("2/2"));
+    let address = service_address(&ns, "iris").await;
+    for _ in 0..6 {
+        let (code, json) = infer(&address, "iris").expect("the Service answers");
+        assert_eq!((code, answer_of(&json).1), (200, vec![0, 1, 2]), "{json}");
+    }
+
+    let patch = |replicas: i32| Patch::Merge(json!({ "spec": { "replicas": replicas } }));
+    models.patch("iris", &PatchParams::default(), &patch(0)).await.expect("scale to 0");
+    let model = wait_for(&models, "iris", READY_TIMEOUT, |m| {
+        m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation
+            && m.status.as_ref().and_then(|s| s.ready.clone()).as_deref() == Some("0/0")
+    })
+    .await;
+    assert_ne!(phase(&model), Some(Phase::Failed), "scaled to zero is not a failure: {:?}", model.status);
+
+    models.patch("iris", &PatchParams::default(), &patch(1)).await.expect("scale to 1");
+    let model = wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
+    assert_eq!(model.status.as_ref().and_then(|s| s.ready.clone()).as_deref(), Some("1/1"));
+    // The Service routes to the new pod once kube-proxy has its endpoint: a moment after Ready.
+    let (code, json) = support::poll_until("the Service answering again", Duration::from_secs(10), || {
+        let address = address.clone();
+        async move { infer(&address, "iris").ok() }
+    })
+    .await;
+    assert_eq!((code, answer_of(&json).1), (200, vec![0, 1, 2]), "{json}");
+}
+
+/// What a client sending requests without pause saw.
+#[derive(Default, Debug)]
+struct Traffic {
+    ok: u64,
+    failed: u64,
+    /// model_version of every successful answer, in order.
+    versions: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// Sends an inference request every 40 ms (25 a second) until `stop`.
+fn client(address: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<Traffic>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let result = infer(&address, "iris");
+            let mut t = seen.lock().expect("traffic");
+            match result {
+                Ok((200, json)) => {
+                    t.ok += 1;
+                    t.versions.push(answer_of(&json).0);
+                }
+                Ok((code, json)) => {
+                    t.failed += 1;
+                    t.errors.push(format!("HTTP {code}: {json}"));
+                }
+                Err(e) => {
+                    t.failed += 1;
+                    t.errors.push(e.to_string());
+                }
+            }
+            drop(t);
+            std::thread::sleep(Duration::from_millis(40).saturating_sub(started.elapsed()));
+        }
+    })
+}
+
+async fn update_under_traffic(prefix: &str, new_url: impl Fn() -> (String, Option<String>)) -> (TestNamespace, Traffic) {
+    let ns = setup(prefix).await;
+    let v1 = artifact("v1");
+    ns.apply_yaml(&model_yaml("iris", &v1.url, Some(&v1.sha256), ""));
+    let models = ns.api::<MLModel>();
+    wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
+    let address = service_address(&ns, "iris").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Traffic::default()));
+    let handle = client(address, stop.clone(), seen.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (url, sha) = new_url();
+    let spec = json!({ "spec": { "modelURL": url, "sha256": sha } });
+    models.patch("iris", &PatchParams::default(), &Patch::Merge(spec)).await.expect("update");
+    // The update settles: Ready at the new generation, or its download failed.
+    wait_for(&models, "iris", READY_TIMEOUT, |m| {
+        ready_at_generation(m)
+            || m.status.as_ref().and_then(|s| s.last_failure.as_ref()).is_some_and(|f| f.reason == "DownloadFailed")
+    })
+    .await;
+    // Keep the client going while the old pods drain.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::Relaxed);
+    handle.join().expect("client thread");
+    let traffic = std::mem::take(&mut *seen.lock().expect("traffic"));
+    eprintln!(
+        "{prefix}: {} requests, {} failed, versions answered: {:?}",
+        traffic.ok + traffic.failed,
+        traffic.failed,
+        dedup(&traffic.versions)
+    );
+    (ns, traffic)
+}
+
+fn dedup(versions: &[String]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for v in versions {
+        if out.last() != Some(&v.as_str()) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_update_rolls_out_with_no_failed_request() {
+    let (_ns, traffic) = update_under_traffic("serve-update", || {
+        let v2 = artifact("v2");
+        (v2.url.clone(), Some(v2.sha256.clone()))
+    })
+    .await;
+    assert_eq!(traffic.failed, 0, "failed requests during the update: {:?}", traffic.errors);
+    assert!(traffic.ok >= 100, "the client kept sending: {} answers", traffic.ok);
+    // v1 first; while both versions' pods are endpoints (the rollout's surge) either answers;
+    // from some moment on, only v2.
+    assert_eq!(traffic.versions.first().map(String::as_str), Some("v1"));
+    let last_v1 = traffic.versions.iter().rposition(|v| v == "v1").expect("v1 answered");
+    let after = &traffic.versions[last_v1 + 1..];
+    assert!(
+        after.len() >= 50 && after.iter().all(|v| v == "v2"),
+        "after the last v1 answer only v2 answers, for good: {} answers after it, switches {:?}",
+        after.len(),
+        dedup(&traffic.versions)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_update_keeps_the_old_version_answering() {
+    let (ns, traffic) = update_under_traffic("serve-update-404", || {
+        let v1 = artifact("v1");
+        (v1.url.replace("/v1/", "/v404/"), None)
+    })
+    .await;
+    assert_eq!(traffic.failed, 0, "failed requests during the failed update: {:?}", traffic.errors);
+    assert_eq!(dedup(&traffic.versions), vec!["v1"], "the old version keeps answering");
+    let model = ns.api::<MLModel>().get("iris").await.expect("model");
+    let status = model.status.as_ref().expect("status");
+    assert_eq!(status.service_endpoint.as_deref(), Some(format!("iris.{}.svc.cluster.local:8080", ns.name).as_str()));
+    assert!(message(&model).contains("HTTP 404"), "the status says why the update failed: {:?}", status);
+}
+
+#[tokio::test]
+async fn deleting_a_model_removes_its_children_and_releases_its_volume() {
+    let ns = setup("serve-delete").await;
+    let v1 = artifact("v1");
+    ns.apply_yaml(&model_yaml("iris", &v1.url, Some(&v1.sha256), ""));
+    let models = ns.api::<MLModel>();
+    wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
+    let claim = ns.api::<PersistentVolumeClaim>().get("iris-model").await.expect("the model's claim");
+    let volume = claim.spec.and_then(|s| s.volume_name).expect("a bound volume");
+    let pv = kube::Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(ns.client.clone());
+    let path = pv
+        .get(&volume)
+        .await
+        .expect("the volume")
+        .spec
+        .and_then(|s| s.host_path.map(|h| h.path).or(s.local.map(|l| l.path)))
+        .expect("a local path");
+    assert!(std::path::Path::new(&path).join("iris/1").is_dir(), "the model was unpacked into {path}");
+
+    models.delete("iris", &Default::default()).await.expect("delete");
+    wait_for_deletion(&models, "iris", Duration::from_secs(120)).await;
+    support::poll_until("every child gone", Duration::from_secs(60), || {
+        let out = ns
+            .kubectl()
+            .args(["get", "deployments,jobs,services,pvc,pods", "-o", "name"])
+            .output()
+            .expect("kubectl get");
+        async move { String::from_utf8_lossy(&out.stdout).trim().is_empty().then_some(()) }
+    })
+    .await;
+    wait_for_deletion(&pv, &volume, Duration::from_secs(60)).await;
+    support::poll_until("the volume's directory removed", Duration::from_secs(60), || {
+        let gone = !std::path::Path::new(&path).exists();
+        async move { gone.then_some(()) }
+    })
+    .await;
+}
