@@ -40,7 +40,7 @@ pub const SOURCE_ANNOTATION: &str = "mlmodel.oda.tmforum.org/source";
 pub const MODEL_MOUNT: &str = "/models";
 /// Seconds a serving pod keeps answering after its deletion starts (its preStop hook), so
 /// the Service stops routing to it before the server shuts down.
-pub const DRAIN_SECONDS: i64 = 5;
+pub const DRAIN_SECONDS: i64 = 10;
 
 /// Component value of the download Job's pods.
 pub const COMPONENT_DOWNLOAD: &str = "download";

@@ -112,6 +112,16 @@ fn infer(address: &str, model: &str) -> std::io::Result<(u16, serde_json::Value)
     Ok((status, json))
 }
 
+/// The first answer of the Service. It routes to a pod once kube-proxy has programmed the
+/// pod's endpoint, which follows the pod's readiness (and so the model's Ready) by a moment.
+async fn answered(address: &str) -> (u16, serde_json::Value) {
+    support::poll_until("the Service answering", Duration::from_secs(10), || {
+        let address = address.to_owned();
+        async move { infer(&address, "iris").ok() }
+    })
+    .await
+}
+
 /// (model_version, predictions) of a successful answer.
 fn answer_of(json: &serde_json::Value) -> (String, Vec<i64>) {
     let version = json["model_version"].as_str().unwrap_or_default().to_owned();
@@ -137,7 +147,7 @@ async fn a_real_model_becomes_ready_and_answers_through_its_service() {
     );
 
     let address = service_address(&ns, "iris").await;
-    let (code, json) = infer(&address, "iris").expect("the Service answers");
+    let (code, json) = answered(&address).await;
     assert_eq!(code, 200, "{json}");
     assert_eq!(json["model_name"], "iris");
     assert_eq!(answer_of(&json), ("v1".to_owned(), vec![0, 1, 2]), "{json}");
@@ -207,13 +217,17 @@ async fn two_replicas_serve_from_one_volume_and_scale_to_zero_and_back() {
     models.patch("iris", &PatchParams::default(), &patch(1)).await.expect("scale to 1");
     let model = wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
     assert_eq!(model.status.as_ref().and_then(|s| s.ready.clone()).as_deref(), Some("1/1"));
-    // The Service routes to the new pod once kube-proxy has its endpoint: a moment after Ready.
-    let (code, json) = support::poll_until("the Service answering again", Duration::from_secs(10), || {
-        let address = address.clone();
-        async move { infer(&address, "iris").ok() }
-    })
-    .await;
+    let (code, json) = answered(&address).await;
     assert_eq!((code, answer_of(&json).1), (200, vec![0, 1, 2]), "{json}");
+}
+
+/// The time of day (UTC), to line failures up with the cluster's logs.
+fn clock() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() % 86_400_000)
+        .unwrap_or_default();
+    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
 }
 
 /// What a client sending requests without pause saw.
@@ -244,7 +258,7 @@ fn client(address: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<Traffic>>) -> 
                 }
                 Err(e) => {
                     t.failed += 1;
-                    t.errors.push(e.to_string());
+                    t.errors.push(format!("{} {e}", clock()));
                 }
             }
             drop(t);
