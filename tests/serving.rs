@@ -274,6 +274,7 @@ async fn update_under_traffic(prefix: &str, new_url: impl Fn() -> (String, Optio
     let models = ns.api::<MLModel>();
     wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
     let address = service_address(&ns, "iris").await;
+    answered(&address).await;
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Traffic::default()));
     let handle = client(address, stop.clone(), seen.clone());
