@@ -178,7 +178,10 @@ pub fn runtime(model: &MLModel, version: i64) -> Runtime {
                 format!("--model_base_path={model_dir}"),
             ],
             port: 8501,
-            readiness_path: Some(format!("/v1/models/{name}")),
+            // The status endpoint (/v1/models/<name>) answers 200 while a version is still
+            // LOADING or has failed; the metadata endpoint answers only once a version is
+            // AVAILABLE.
+            readiness_path: Some(format!("/v1/models/{name}/metadata")),
             env: Vec::new(),
         },
         Framework::Triton => Runtime {
@@ -600,7 +603,7 @@ mod tests {
     fn tensorflow_runtime_serves_the_model_base_path_on_8501() {
         let rt = runtime(&model(Framework::Tensorflow), 3);
         assert_eq!(rt.port, 8501);
-        assert_eq!(rt.readiness_path.as_deref(), Some("/v1/models/iris"));
+        assert_eq!(rt.readiness_path.as_deref(), Some("/v1/models/iris/metadata"));
         assert!(rt.args.contains(&"--model_base_path=/models/iris".to_owned()));
     }
 
@@ -655,5 +658,20 @@ mod tests {
             service_endpoint(&m, &BuildSettings::default()),
             "iris.ml.svc.cluster.local:8501"
         );
+    }
+
+    #[test]
+    fn serving_pods_drain_before_their_server_stops() {
+        let d = serving_deployment(&model(Framework::Sklearn), 1);
+        let pod = d.spec.and_then(|s| s.template.spec).expect("pod spec");
+        let stop = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .map(|s| s.seconds);
+        assert_eq!(stop, Some(DRAIN_SECONDS));
+        // The drain fits in the grace period (30 s unless set).
+        assert!(pod.termination_grace_period_seconds.unwrap_or(30) > DRAIN_SECONDS);
     }
 }
