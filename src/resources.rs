@@ -350,6 +350,8 @@ pub fn download_job(model: &MLModel, version: i64, settings: &BuildSettings, ctx
         format!("--version={version}"),
         format!("--timeout={timeout}"),
         format!("--retries={}", download.retries.unwrap_or(3)),
+        // What the framework's server loads is checked once unpacked (custom: nothing).
+        format!("--framework={}", model.spec.framework.as_str()),
     ];
     if let Some(sha) = &model.spec.sha256 {
         args.push(format!("--sha256={sha}"));

@@ -176,6 +176,31 @@ async fn download_failures_carry_the_downloaders_line_from_the_real_pod() {
 }
 
 #[tokio::test]
+async fn a_wrong_model_layout_fails_the_download_naming_what_is_missing() {
+    let ns = setup("serve-layout").await;
+    let dir = real_node().store_dir.join(&ns.name);
+    std::fs::create_dir_all(dir.join("content")).expect("store dir");
+    std::fs::write(dir.join("content/README.txt"), "not a model\n").expect("file");
+    let out = Command::new("tar")
+        .arg("-czf")
+        .arg(dir.join("model.tar.gz"))
+        .arg("-C")
+        .arg(dir.join("content"))
+        .arg("README.txt")
+        .output()
+        .expect("tar");
+    assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+    let url = format!("{}/{}/model.tar.gz", real_node().store_url, ns.name);
+    ns.apply_yaml(&model_yaml("readme", &url, None, ""));
+    let model = wait_for(&ns.api::<MLModel>(), "readme", READY_TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
+    assert_eq!(
+        message(&model),
+        "download failed: InvalidModelLayout: sklearn needs model-settings.json or one of model.joblib, \
+         model.pkl, model.pickle; found: README.txt"
+    );
+}
+
+#[tokio::test]
 async fn a_runtime_image_that_is_not_present_fails_with_the_kubelets_reason() {
     let ns = setup("serve-no-image").await;
     let v1 = artifact("v1");

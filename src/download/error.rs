@@ -44,6 +44,9 @@ pub enum DownloadError {
     /// The archive is corrupt, unsupported, or has entries escaping the target directory.
     #[error("{0}")]
     InvalidArchive(String),
+    /// The unpacked model lacks what its framework's server loads.
+    #[error("{0}")]
+    InvalidModelLayout(String),
     /// The volume ran out of space or quota (ENOSPC, EDQUOT).
     #[error("{0}")]
     DiskFull(String),
@@ -65,6 +68,7 @@ impl DownloadError {
             Self::Timeout(_) => "Timeout",
             Self::ChecksumMismatch { .. } => "ChecksumMismatch",
             Self::InvalidArchive(_) => "InvalidArchive",
+            Self::InvalidModelLayout(_) => "InvalidModelLayout",
             Self::DiskFull(_) => "DiskFull",
             Self::Io(_) => "IO",
         }

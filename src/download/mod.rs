@@ -14,7 +14,10 @@
 //!    directory (e.g. `my-model/saved_model.pb`), that directory's contents become the
 //!    version directory, so `<version>/saved_model.pb` results. Only one level is
 //!    flattened.
-//! 4. A marker `.mlmodel-download.json` (redacted URL, SHA-256 and size of the artifact)
+//! 4. The result is checked against what `--framework`'s server loads (a SavedModel for
+//!    TF Serving, `config.pbtxt` and a numbered version for Triton, `model-settings.json` or
+//!    a model file for MLServer's runtimes); a wrong layout is `InvalidModelLayout`.
+//! 5. A marker `.mlmodel-download.json` (redacted URL, SHA-256 and size of the artifact)
 //!    is written, and the directory is renamed into place in one step. A later run whose
 //!    marker matches (same redacted URL, and same SHA-256 when one is given) returns at
 //!    once without fetching.
@@ -41,6 +44,7 @@
 mod archive;
 mod error;
 mod fetch;
+mod layout;
 mod redact;
 mod source;
 
@@ -56,6 +60,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 pub use error::DownloadError;
 pub use redact::redact_url;
 
+use crate::api::Framework;
 use archive::ArtifactKind;
 use source::{Credentials, ResponseObserver, Source};
 
@@ -103,6 +108,17 @@ pub struct DownloadArgs {
     /// S3-compatible endpoint (path-style requests, plain HTTP allowed).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub s3_endpoint: Option<String>,
+
+    /// The model server the version is for; what it needs is checked after unpacking
+    /// (`custom` checks nothing).
+    #[arg(long, env = "MODEL_FRAMEWORK", default_value = "custom", value_parser = parse_framework)]
+    pub framework: Framework,
+}
+
+fn parse_framework(value: &str) -> Result<Framework, String> {
+    serde_json::from_value(serde_json::Value::String(value.to_owned())).map_err(|_| {
+        "expected one of tensorflow, triton, mlserver, sklearn, xgboost, custom".to_owned()
+    })
 }
 
 /// What a successful run did.
@@ -288,10 +304,11 @@ async fn download(args: &DownloadArgs) -> Result<DownloadReport, DownloadError> 
         size: fetched.bytes,
         completed_at_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
+    let framework = args.framework;
     let mut unpacking = tokio::task::spawn_blocking({
         let cancel = Arc::clone(&cancel);
         let span = unpack_span.clone();
-        move || span.in_scope(|| prepare_version(&artifact, kind, &file_name, &content, &marker, &cancel))
+        move || span.in_scope(|| prepare_version(&artifact, kind, &file_name, &content, &marker, framework, &cancel))
     });
     let version_root = match tokio::time::timeout_at(deadline, &mut unpacking).await {
         Ok(joined) => joined.map_err(|e| DownloadError::Io(format!("unpack task failed: {e}")))?,
@@ -333,14 +350,16 @@ async fn download(args: &DownloadArgs) -> Result<DownloadReport, DownloadError> 
     })
 }
 
-/// Builds the version directory's contents in `content` and returns the directory to
-/// rename into place (see the module docs for the flattening rule).
+/// Builds the version directory's contents in `content`, checks them against what
+/// `framework`'s server loads, and returns the directory to rename into place (see the module
+/// docs for the flattening rule).
 fn prepare_version(
     artifact: &Path,
     kind: ArtifactKind,
     file_name: &str,
     content: &Path,
     marker: &Marker,
+    framework: Framework,
     cancel: &Arc<AtomicBool>,
 ) -> Result<PathBuf, DownloadError> {
     let io_err = |what: &str, e: std::io::Error| DownloadError::from_io(&format!("{what} {}", content.display()), &e);
@@ -362,6 +381,7 @@ fn prepare_version(
         archive::check_symlinks(&root)?;
         root
     };
+    layout::check(framework, &root, MARKER_FILE)?;
     let json =
         serde_json::to_vec_pretty(marker).map_err(|e| DownloadError::Io(format!("cannot encode marker: {e}")))?;
     std::fs::write(root.join(MARKER_FILE), json).map_err(|e| io_err("cannot write marker in", e))?;
