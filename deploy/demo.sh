@@ -18,8 +18,10 @@
 #                            Failed (the operator's default is 30; shorter here to keep the
 #                            demo quick)
 #   OTEL_EXPORTER_OTLP_ENDPOINT
-#                            if set, passed to the operator, which exports its traces there
-#                            (see observability/README.md)
+#                            where the operator (and the download Jobs it creates) export
+#                            their traces; by default the local cluster's Jaeger, whose query
+#                            API then shows each model's rollout trace at the end (see
+#                            observability/README.md)
 #
 # Local cluster (default; needs root): etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kwok (fake GPU nodes) and a real node (containerd, kubelet, kube-proxy,
@@ -316,9 +318,15 @@ if [[ -n "$operator_kubeconfig" ]]; then
 else
   info "identity: your current kubeconfig context ($context)"
 fi
+jaeger_url=""
+if [[ -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" && -n "$state_dir" ]]; then
+  # The local cluster's Jaeger: the operator and the download Jobs' pods export there.
+  OTEL_EXPORTER_OTLP_ENDPOINT="$(sed -n 's/^JAEGER_OTLP_GRPC=//p' "$state_dir/cluster.env")"
+  jaeger_url="$(sed -n 's/^JAEGER_QUERY_URL=//p' "$state_dir/cluster.env")"
+fi
 if [[ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then
   operator_env+=(OTEL_EXPORTER_OTLP_ENDPOINT="$OTEL_EXPORTER_OTLP_ENDPOINT")
-  info "traces: exported over OTLP to $OTEL_EXPORTER_OTLP_ENDPOINT"
+  info "traces: exported over OTLP to $OTEL_EXPORTER_OTLP_ENDPOINT${jaeger_url:+ (the local Jaeger; query API $jaeger_url)}"
 else
   info "traces: not exported (set OTEL_EXPORTER_OTLP_ENDPOINT to send them to Jaeger); trace ids are still recorded"
 fi
@@ -419,7 +427,20 @@ for m in "${models[@]}"; do
   [[ "$failure" == ": " ]] || printf '  last failure:     %s\n' "$failure"
   endpoint="$(get '{.status.serviceEndpoint}')"
   printf '  serving endpoint: %s\n' "${endpoint:-(none: set once the model is Ready, if spec.expose is true)}"
-  printf '  trace id:         %s\n' "$(get '{.status.traceId}')"
+  trace_id="$(get '{.status.traceId}')"
+  printf '  trace id:         %s\n' "$trace_id"
+  if [[ -n "$jaeger_url" && -n "$trace_id" ]]; then
+    printf '  in Jaeger:        %s/trace/%s\n' "$jaeger_url" "$trace_id"
+    printf '  every trace of %s: %s/search?service=mlmodel-operator&tags=%s\n' "$m" "$jaeger_url" \
+      "$(python3 -c 'import json,sys,urllib.parse; print(urllib.parse.quote(json.dumps({"mlmodel.name": sys.argv[1]})))' "$m")"
+    # The last spans of a rollout reach Jaeger with the exporters' next batch.
+    for _ in $(seq 1 20); do
+      curl -fsS --max-time 2 "$jaeger_url/api/traces/$trace_id" 2>/dev/null |
+        grep -qE '"operationName":"mlmodel\.(ready|failed)"' && break
+      sleep 0.5
+    done
+    python3 "$repo/deploy/trace-tree.py" "$jaeger_url" "$trace_id" || info "(the trace could not be read from Jaeger)"
+  fi
   printf '  events (kubectl get events.events.k8s.io --field-selector regarding.name=%s):\n' "$m"
   "${kubectl[@]}" get events.events.k8s.io -n "$namespace" \
     --field-selector "regarding.kind=MLModel,regarding.name=$m" --sort-by=.metadata.creationTimestamp 2>&1 | indent
@@ -454,7 +475,10 @@ else
   to refuse resnet-gpu; the real node has none.
 EOF
 fi
-if [[ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then
+if [[ -n "$jaeger_url" ]]; then
+  echo "  Traces went to the local Jaeger; its query API answers at $jaeger_url (the links above;"
+  echo "  built from its Go module, its web UI is a placeholder: observability/README.md)."
+elif [[ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]]; then
   echo "  Traces were sent to $OTEL_EXPORTER_OTLP_ENDPOINT: look up the trace ids above (observability/README.md)."
 else
   echo "  To see the rollouts as traces in Jaeger, see observability/README.md."

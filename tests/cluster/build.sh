@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the local cluster's components from their Go modules into a cache outside the
 # repository, keyed by version and by the pinned go.sum files: kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, etcd, kwok and
-# Rancher's local-path-provisioner. A warm run is a no-op.
+# kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, etcd, kwok,
+# Rancher's local-path-provisioner and Jaeger (v2, in-memory storage for traces). A warm run
+# is a no-op.
 #
 #   tests/cluster/build.sh            build what is missing, print the bin directory
 #   tests/cluster/build.sh --update   regenerate the wrapper modules' go.mod/go.sum
@@ -44,8 +45,13 @@ update_kubernetes() {
 }
 
 update_simple() { # dir module version tool-package
-  local dir="$here/go/$1"
+  local dir="$here/go/$1" upstream
+  mkdir -p "$dir"
   printf 'module mlmodel-operator.test/controlplane/%s\n\ngo 1.26.0\n\ntool %s\n' "$1" "$4" >"$dir/go.mod"
+  # A module's own `replace` lines apply only when it is the main module: carry over those
+  # that point at other versions (not at local paths).
+  upstream="$(go mod download -json "$2@$3" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  grep -E '^replace [^ ]+ => [^ .][^ ]* v' "$upstream" >>"$dir/go.mod" || true
   (cd "$dir" && rm -f go.sum && go get "$2@$3" && go mod tidy)
 }
 
@@ -55,6 +61,7 @@ if [[ "${1:-}" == "--update" ]]; then
   update_simple kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
   update_simple local-path-provisioner github.com/rancher/local-path-provisioner \
     "$LOCAL_PATH_PROVISIONER_VERSION" github.com/rancher/local-path-provisioner
+  update_simple jaeger github.com/jaegertracing/jaeger "$JAEGER_VERSION" github.com/jaegertracing/jaeger/cmd/jaeger
   exit 0
 fi
 
@@ -75,6 +82,7 @@ groups=(
   "etcd|$ETCD_VERSION|-X 'go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION'|etcd=go.etcd.io/etcd/server/v3"
   "kwok|$KWOK_VERSION|-X 'sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION'|kwok=sigs.k8s.io/kwok/cmd/kwok"
   "local-path-provisioner|$LOCAL_PATH_PROVISIONER_VERSION||local-path-provisioner=github.com/rancher/local-path-provisioner"
+  "jaeger|$JAEGER_VERSION|-X 'github.com/jaegertracing/jaeger/internal/version.latestVersion=$JAEGER_VERSION'|jaeger=github.com/jaegertracing/jaeger/cmd/jaeger"
 )
 
 group_dir() { # name version

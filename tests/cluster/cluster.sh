@@ -22,7 +22,7 @@ source "$here/versions.env"
 source "$here/node.sh"
 # Components, in start order; `down` stops them in reverse.
 control_plane=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
-node_components=(containerd kubelet kube-proxy local-path-provisioner model-store)
+node_components=(containerd kubelet kube-proxy local-path-provisioner model-store jaeger)
 components=("${control_plane[@]}")
 real_node=0
 
@@ -330,12 +330,16 @@ EOF
     node_start_kube_proxy "$bin" "$url"
     node_start_storage "$bin"
     node_start_model_store
+    node_start_jaeger "$bin"
     node_wait_ready "$bin"
     {
       echo "REAL_NODE=$node_name"
       echo "NODE_IP=$node_ip"
       echo "MODEL_STORE_DIR=$state/store"
       echo "MODEL_STORE_URL=http://$node_ip:$model_store_port"
+      echo "JAEGER_OTLP_GRPC=http://$jaeger_otlp_grpc"
+      echo "JAEGER_OTLP_HTTP=http://$jaeger_otlp_http"
+      echo "JAEGER_QUERY_URL=http://$jaeger_query"
     } >>"$state/cluster.env"
     log "real node $node_name Ready in $((SECONDS - t))s"
   fi
@@ -374,7 +378,7 @@ on_up_exit() {
 stop_cluster() {
   local st="$1"
   if [[ -f "$st/real-node" ]]; then
-    stop_components "$st" model-store local-path-provisioner kwok kube-scheduler kube-controller-manager
+    stop_components "$st" jaeger model-store local-path-provisioner kwok kube-scheduler kube-controller-manager
     node_drain "$st"
     stop_components "$st" kube-proxy kubelet
     node_stop_containers

@@ -352,6 +352,27 @@ node_start_model_store() {
   done
 }
 
+# node_start_jaeger: Jaeger v2 (tests/cluster/jaeger.yaml) with in-memory storage: OTLP in on
+# the bridge address, where the operator and the node's pods both reach it; query API on
+# loopback (JAEGER_* in cluster.env).
+node_start_jaeger() {
+  local bin="$1"
+  jaeger_otlp_grpc="$node_ip:$(pick_port)"
+  jaeger_otlp_http="$node_ip:$(pick_port)"
+  jaeger_query="127.0.0.1:$(pick_port)"
+  # The config is copied into the state dir, so `down` recognises the process as this cluster's.
+  cp "$here/jaeger.yaml" "$state/node/jaeger.yaml"
+  start jaeger env JAEGER_OTLP_GRPC="$jaeger_otlp_grpc" JAEGER_OTLP_HTTP="$jaeger_otlp_http" \
+    JAEGER_QUERY_HTTP="$jaeger_query" JAEGER_QUERY_GRPC="127.0.0.1:$(pick_port)" \
+    "$bin/jaeger" --config="$state/node/jaeger.yaml"
+  local deadline=$((SECONDS + 30))
+  until curl -fsS --max-time 2 -o /dev/null "http://$jaeger_query/api/services" 2>/dev/null; do
+    require_running jaeger
+    ((SECONDS < deadline)) || fail_with_logs jaeger "Jaeger not answering after 30s"
+    sleep 0.2
+  done
+}
+
 # node_wait_ready: the node Ready, kwok nodes tainted so pods meant to really run never land
 # on them (a test that wants a fake node tolerates the taint).
 node_wait_ready() {
