@@ -3,7 +3,8 @@
     python3 deploy/trace-tree.py JAEGER_QUERY_URL TRACE_ID
 
 Each line: start offset, duration, a bar on a 30-column time scale, the span's name, its
-service, and an error mark with the span's reason.
+service, and an error mark with the span's reason. The operator's `reconcile` spans are
+counted on their parent's line rather than listed.
 """
 
 import json
@@ -42,10 +43,14 @@ def main() -> None:
         error = tag(span, "error") in (True, "true") or tag(span, "otel.status_code") == "ERROR"
         reason = tag(span, "mlmodel.failure.reason") or tag(span, "otel.status_description") or ""
         mark = f"  ERROR {reason}" if error else ""
+        kids = sorted(children.get(span["spanID"], []), key=lambda s: s["startTime"])
+        reconciles = sum(1 for k in kids if k["operationName"] == "reconcile")
+        count = f" ({reconciles} reconciles)" if reconciles else ""
         name = "  " * depth + span["operationName"]
-        print(f"    +{offset / 1e6:7.3f}s {duration / 1e6:8.3f}s |{bar:<{WIDTH}}| {name:<34} {service}{mark}")
-        for child in sorted(children.get(span["spanID"], []), key=lambda s: s["startTime"]):
-            show(child, depth + 1)
+        print(f"    +{offset / 1e6:7.3f}s {duration / 1e6:8.3f}s |{bar:<{WIDTH}}| {name:<28} {service}{count}{mark}")
+        for child in kids:
+            if child["operationName"] != "reconcile":
+                show(child, depth + 1)
 
     for root in sorted(roots, key=lambda s: s["startTime"]):
         show(root, 0)
