@@ -475,9 +475,7 @@ pub fn serving_deployment(model: &MLModel, version: i64) -> Deployment {
         // endpoint is removed when deletion starts, and kube-proxy needs a moment to apply it.
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: DRAIN_SECONDS,
-                }),
+                sleep: Some(SleepAction { seconds: DRAIN_SECONDS }),
                 ..Default::default()
             }),
             ..Default::default()

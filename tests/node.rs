@@ -43,7 +43,10 @@ fn job_finished(job: &Job) -> bool {
     job.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"))
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
 }
 
 fn job_completed(job: &Job) -> bool {
@@ -54,11 +57,27 @@ fn job_completed(job: &Job) -> bool {
 }
 
 fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
-    pod.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.as_ref()
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
 }
 
 fn waiting(pod: &Pod) -> Option<&ContainerStateWaiting> {
-    pod.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.waiting.as_ref()
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()
 }
 
 fn node_of(pod: &Pod) -> Option<&str> {
@@ -76,8 +95,17 @@ async fn run_pod(ns: &TestNamespace, pod: serde_json::Value) -> Pod {
 
 /// `kubectl logs` of a pod.
 fn logs(ns: &TestNamespace, pod: &str) -> String {
-    let out = ns.kubectl().args(["logs", pod]).stdin(Stdio::null()).output().expect("run kubectl logs");
-    assert!(out.status.success(), "kubectl logs {pod}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = ns
+        .kubectl()
+        .args(["logs", pod])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kubectl logs");
+    assert!(
+        out.status.success(),
+        "kubectl logs {pod}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -110,7 +138,9 @@ async fn a_restricted_download_job_writes_a_fresh_claim_as_user_65532() {
             "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": "data" } }]
         }}}
     }));
-    jobs.create(&PostParams::default(), &job).await.expect("create Job (restricted namespace)");
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("create Job (restricted namespace)");
     let done = wait_for(&jobs, "download", TIMEOUT, job_finished).await;
     assert!(job_completed(&done), "the download Job failed: {:?}", done.status);
 
@@ -132,8 +162,17 @@ async fn a_restricted_download_job_writes_a_fresh_claim_as_user_65532() {
         }),
     )
     .await;
-    assert_eq!(node_of(&reader), Some(node.name.as_str()), "pods meant to run must land on the real node");
-    assert_eq!(terminated(&reader).map(|t| t.exit_code), Some(0), "reader: {:?}", reader.status);
+    assert_eq!(
+        node_of(&reader),
+        Some(node.name.as_str()),
+        "pods meant to run must land on the real node"
+    );
+    assert_eq!(
+        terminated(&reader).map(|t| t.exit_code),
+        Some(0),
+        "reader: {:?}",
+        reader.status
+    );
     let out = logs(&ns, "reader");
     assert_eq!(out, format!("65532\n65532\n{body}"), "uid, file owner, content");
 }
@@ -161,7 +200,10 @@ async fn a_probed_deployment_is_reached_through_its_cluster_ip_from_host_and_pod
         }
     }));
     let deployments = ns.api::<Deployment>();
-    deployments.create(&PostParams::default(), &deployment).await.expect("create Deployment");
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create Deployment");
     ns.apply_yaml(
         "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
          spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n",
@@ -178,8 +220,13 @@ async fn a_probed_deployment_is_reached_through_its_cluster_ip_from_host_and_pod
     let from_host = support::poll_until("the Service answering from the host", TIMEOUT, || {
         let url = url.clone();
         async move {
-            let out = Command::new("curl").args(["-fsS", "--max-time", "2", &url]).output().ok()?;
-            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            let out = Command::new("curl")
+                .args(["-fsS", "--max-time", "2", &url])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
         }
     })
     .await;
@@ -199,7 +246,12 @@ async fn a_probed_deployment_is_reached_through_its_cluster_ip_from_host_and_pod
         }),
     )
     .await;
-    assert_eq!(terminated(&client).map(|t| t.exit_code), Some(0), "client pod: {:?}", client.status);
+    assert_eq!(
+        terminated(&client).map(|t| t.exit_code),
+        Some(0),
+        "client pod: {:?}",
+        client.status
+    );
     assert_eq!(logs(&ns, "client").trim(), page);
 }
 
@@ -219,7 +271,11 @@ async fn a_failing_container_leaves_its_termination_message() {
     };
     let written = run_pod(
         &ns,
-        container("written", "echo 'DiskFull: no space left on /models' > /dev/termination-log; exit 3", "File"),
+        container(
+            "written",
+            "echo 'DiskFull: no space left on /models' > /dev/termination-log; exit 3",
+            "File",
+        ),
     )
     .await;
     let t = terminated(&written).expect("terminated");
@@ -228,12 +284,19 @@ async fn a_failing_container_leaves_its_termination_message() {
 
     let from_logs = run_pod(
         &ns,
-        container("from-logs", "echo loading; echo 'model failed to load: bad header'; exit 1", "FallbackToLogsOnError"),
+        container(
+            "from-logs",
+            "echo loading; echo 'model failed to load: bad header'; exit 1",
+            "FallbackToLogsOnError",
+        ),
     )
     .await;
     let t = terminated(&from_logs).expect("terminated");
     assert_eq!(t.exit_code, 1);
-    assert_eq!(t.message.as_deref(), Some("loading\nmodel failed to load: bad header\n"));
+    assert_eq!(
+        t.message.as_deref(),
+        Some("loading\nmodel failed to load: bad header\n")
+    );
 }
 
 #[tokio::test]
@@ -302,8 +365,17 @@ async fn kubectl_logs_exec_and_port_forward_reach_the_node() {
 
     assert_eq!(logs(&ns, "shell"), "started\n");
 
-    let out = ns.kubectl().args(["exec", "shell", "--", "id", "-u"]).stdin(Stdio::null()).output().expect("kubectl exec");
-    assert!(out.status.success(), "kubectl exec: {}", String::from_utf8_lossy(&out.stderr));
+    let out = ns
+        .kubectl()
+        .args(["exec", "shell", "--", "id", "-u"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("kubectl exec");
+    assert!(
+        out.status.success(),
+        "kubectl exec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "65532\n");
 
     let mut forward = ns
@@ -325,7 +397,12 @@ async fn kubectl_logs_exec_and_port_forward_reach_the_node() {
     let started = Instant::now();
     let body = loop {
         let out = Command::new("curl")
-            .args(["-fsS", "--max-time", "5", &format!("http://127.0.0.1:{port}/index.html")])
+            .args([
+                "-fsS",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{port}/index.html"),
+            ])
             .output()
             .expect("curl");
         if out.status.success() || started.elapsed() > Duration::from_secs(20) {

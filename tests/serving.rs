@@ -43,7 +43,10 @@ fn artifact(version: &'static str) -> &'static Artifact {
         std::fs::create_dir_all(&dir).expect("store dir");
         let scripts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/samples/models");
         let out = Command::new("podman")
-            .env("CONTAINERS_CONF", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/images/containers.conf"))
+            .env(
+                "CONTAINERS_CONF",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/images/containers.conf"),
+            )
             .args(["run", "--rm", "--network=none", "--user", "0"])
             .arg("-v")
             .arg(format!("{}:/src:ro", scripts.display()))
@@ -52,10 +55,24 @@ fn artifact(version: &'static str) -> &'static Artifact {
             .args([MLSERVER, "python3", "/src/iris.py", "/out/model.tar.gz", version])
             .output()
             .expect("run podman");
-        assert!(out.status.success(), "making the {version} artifact: {}", String::from_utf8_lossy(&out.stderr));
-        let sum = Command::new("sha256sum").arg(dir.join("model.tar.gz")).output().expect("sha256sum");
-        let sha256 = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().expect("a digest").to_owned();
-        Artifact { url: format!("{}/serving-tests/{version}/model.tar.gz", node.store_url), sha256 }
+        assert!(
+            out.status.success(),
+            "making the {version} artifact: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sum = Command::new("sha256sum")
+            .arg(dir.join("model.tar.gz"))
+            .output()
+            .expect("sha256sum");
+        let sha256 = String::from_utf8_lossy(&sum.stdout)
+            .split_whitespace()
+            .next()
+            .expect("a digest")
+            .to_owned();
+        Artifact {
+            url: format!("{}/serving-tests/{version}/model.tar.gz", node.store_url),
+            sha256,
+        }
     })
 }
 
@@ -89,13 +106,19 @@ async fn setup(prefix: &str) -> TestNamespace {
 async fn service_address(ns: &TestNamespace, name: &str) -> String {
     let svc = ns.api::<Service>().get(name).await.expect("the model's Service");
     let spec = svc.spec.expect("spec");
-    let port = spec.ports.as_ref().and_then(|p| p.first()).map(|p| p.port).expect("a port");
+    let port = spec
+        .ports
+        .as_ref()
+        .and_then(|p| p.first())
+        .map(|p| p.port)
+        .expect("a port");
     format!("{}:{port}", spec.cluster_ip.expect("a ClusterIP"))
 }
 
 /// One V2 inference request over HTTP/1.1: (status, body).
 fn infer(address: &str, model: &str) -> std::io::Result<(u16, serde_json::Value)> {
-    let body = format!(r#"{{"inputs": [{{"name": "flowers", "shape": [3, 4], "datatype": "FP64", "data": {FLOWERS}}}]}}"#);
+    let body =
+        format!(r#"{{"inputs": [{{"name": "flowers", "shape": [3, 4], "datatype": "FP64", "data": {FLOWERS}}}]}}"#);
     let mut stream = TcpStream::connect_timeout(&address.parse().expect("address"), Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -162,14 +185,25 @@ async fn download_failures_carry_the_downloaders_line_from_the_real_pod() {
     ns.apply_yaml(&model_yaml("wrong-sha", &v1.url, Some(&"0".repeat(64)), ""));
     let models = ns.api::<MLModel>();
     for (name, expected) in [
-        ("missing", format!("download failed: NotFound: HTTP 404 fetching {missing}")),
+        (
+            "missing",
+            format!("download failed: NotFound: HTTP 404 fetching {missing}"),
+        ),
         (
             "wrong-sha",
-            format!("download failed: ChecksumMismatch: expected {}, got {}", "0".repeat(64), v1.sha256),
+            format!(
+                "download failed: ChecksumMismatch: expected {}, got {}",
+                "0".repeat(64),
+                v1.sha256
+            ),
         ),
     ] {
         let model = wait_for(&models, name, READY_TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
-        let failure = model.status.as_ref().and_then(|s| s.last_failure.as_ref()).expect("lastFailure");
+        let failure = model
+            .status
+            .as_ref()
+            .and_then(|s| s.last_failure.as_ref())
+            .expect("lastFailure");
         assert_eq!(failure.reason, "DownloadFailed", "{name}");
         assert_eq!(message(&model), expected, "{name}");
     }
@@ -192,7 +226,10 @@ async fn a_wrong_model_layout_fails_the_download_naming_what_is_missing() {
     assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
     let url = format!("{}/{}/model.tar.gz", real_node().store_url, ns.name);
     ns.apply_yaml(&model_yaml("readme", &url, None, ""));
-    let model = wait_for(&ns.api::<MLModel>(), "readme", READY_TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
+    let model = wait_for(&ns.api::<MLModel>(), "readme", READY_TIMEOUT, |m| {
+        phase(m) == Some(Phase::Failed)
+    })
+    .await;
     assert_eq!(
         message(&model),
         "download failed: InvalidModelLayout: sklearn needs model-settings.json or one of model.joblib, \
@@ -206,8 +243,15 @@ async fn a_runtime_image_that_is_not_present_fails_with_the_kubelets_reason() {
     let v1 = artifact("v1");
     let extra = "  runtime:\n    image: registry.invalid/mlserver:0.0.0\n";
     ns.apply_yaml(&model_yaml("no-image", &v1.url, Some(&v1.sha256), extra));
-    let model = wait_for(&ns.api::<MLModel>(), "no-image", READY_TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
-    let failure = model.status.as_ref().and_then(|s| s.last_failure.as_ref()).expect("lastFailure");
+    let model = wait_for(&ns.api::<MLModel>(), "no-image", READY_TIMEOUT, |m| {
+        phase(m) == Some(Phase::Failed)
+    })
+    .await;
+    let failure = model
+        .status
+        .as_ref()
+        .and_then(|s| s.last_failure.as_ref())
+        .expect("lastFailure");
     assert_eq!(failure.reason, "ImagePullBackOff", "{model:?}");
     assert!(
         failure.message.contains("registry.invalid/mlserver:0.0.0"),
@@ -223,7 +267,10 @@ async fn two_replicas_serve_from_one_volume_and_scale_to_zero_and_back() {
     ns.apply_yaml(&model_yaml("iris", &v1.url, Some(&v1.sha256), "  replicas: 2\n"));
     let models = ns.api::<MLModel>();
     let model = wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
-    assert_eq!(model.status.as_ref().and_then(|s| s.ready.clone()).as_deref(), Some("2/2"));
+    assert_eq!(
+        model.status.as_ref().and_then(|s| s.ready.clone()).as_deref(),
+        Some("2/2")
+    );
     let address = service_address(&ns, "iris").await;
     for _ in 0..6 {
         let (code, json) = infer(&address, "iris").expect("the Service answers");
@@ -231,17 +278,31 @@ async fn two_replicas_serve_from_one_volume_and_scale_to_zero_and_back() {
     }
 
     let patch = |replicas: i32| Patch::Merge(json!({ "spec": { "replicas": replicas } }));
-    models.patch("iris", &PatchParams::default(), &patch(0)).await.expect("scale to 0");
+    models
+        .patch("iris", &PatchParams::default(), &patch(0))
+        .await
+        .expect("scale to 0");
     let model = wait_for(&models, "iris", READY_TIMEOUT, |m| {
         m.status.as_ref().and_then(|s| s.observed_generation) == m.metadata.generation
             && m.status.as_ref().and_then(|s| s.ready.clone()).as_deref() == Some("0/0")
     })
     .await;
-    assert_ne!(phase(&model), Some(Phase::Failed), "scaled to zero is not a failure: {:?}", model.status);
+    assert_ne!(
+        phase(&model),
+        Some(Phase::Failed),
+        "scaled to zero is not a failure: {:?}",
+        model.status
+    );
 
-    models.patch("iris", &PatchParams::default(), &patch(1)).await.expect("scale to 1");
+    models
+        .patch("iris", &PatchParams::default(), &patch(1))
+        .await
+        .expect("scale to 1");
     let model = wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
-    assert_eq!(model.status.as_ref().and_then(|s| s.ready.clone()).as_deref(), Some("1/1"));
+    assert_eq!(
+        model.status.as_ref().and_then(|s| s.ready.clone()).as_deref(),
+        Some("1/1")
+    );
     let (code, json) = answered(&address).await;
     assert_eq!((code, answer_of(&json).1), (200, vec![0, 1, 2]), "{json}");
 }
@@ -252,7 +313,13 @@ fn clock() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() % 86_400_000)
         .unwrap_or_default();
-    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 /// What a client sending requests without pause saw.
@@ -292,7 +359,10 @@ fn client(address: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<Traffic>>) -> 
     })
 }
 
-async fn update_under_traffic(prefix: &str, new_url: impl Fn() -> (String, Option<String>)) -> (TestNamespace, Traffic) {
+async fn update_under_traffic(
+    prefix: &str,
+    new_url: impl Fn() -> (String, Option<String>),
+) -> (TestNamespace, Traffic) {
     let ns = setup(prefix).await;
     let v1 = artifact("v1");
     ns.apply_yaml(&model_yaml("iris", &v1.url, Some(&v1.sha256), ""));
@@ -307,11 +377,17 @@ async fn update_under_traffic(prefix: &str, new_url: impl Fn() -> (String, Optio
 
     let (url, sha) = new_url();
     let spec = json!({ "spec": { "modelURL": url, "sha256": sha } });
-    models.patch("iris", &PatchParams::default(), &Patch::Merge(spec)).await.expect("update");
+    models
+        .patch("iris", &PatchParams::default(), &Patch::Merge(spec))
+        .await
+        .expect("update");
     // The update settles: Ready at the new generation, or its download failed.
     wait_for(&models, "iris", READY_TIMEOUT, |m| {
         ready_at_generation(m)
-            || m.status.as_ref().and_then(|s| s.last_failure.as_ref()).is_some_and(|f| f.reason == "DownloadFailed")
+            || m.status
+                .as_ref()
+                .and_then(|s| s.last_failure.as_ref())
+                .is_some_and(|f| f.reason == "DownloadFailed")
     })
     .await;
     // Keep the client going while the old pods drain.
@@ -345,7 +421,11 @@ async fn an_update_rolls_out_with_no_failed_request() {
         (v2.url.clone(), Some(v2.sha256.clone()))
     })
     .await;
-    assert_eq!(traffic.failed, 0, "failed requests during the update: {:?}", traffic.errors);
+    assert_eq!(
+        traffic.failed, 0,
+        "failed requests during the update: {:?}",
+        traffic.errors
+    );
     assert!(traffic.ok >= 100, "the client kept sending: {} answers", traffic.ok);
     // v1 first; while both versions' pods are endpoints (the rollout's surge) either answers;
     // from some moment on, only v2.
@@ -367,12 +447,23 @@ async fn a_failed_update_keeps_the_old_version_answering() {
         (v1.url.replace("/v1/", "/v404/"), None)
     })
     .await;
-    assert_eq!(traffic.failed, 0, "failed requests during the failed update: {:?}", traffic.errors);
+    assert_eq!(
+        traffic.failed, 0,
+        "failed requests during the failed update: {:?}",
+        traffic.errors
+    );
     assert_eq!(dedup(&traffic.versions), vec!["v1"], "the old version keeps answering");
     let model = ns.api::<MLModel>().get("iris").await.expect("model");
     let status = model.status.as_ref().expect("status");
-    assert_eq!(status.service_endpoint.as_deref(), Some(format!("iris.{}.svc.cluster.local:8080", ns.name).as_str()));
-    assert!(message(&model).contains("HTTP 404"), "the status says why the update failed: {:?}", status);
+    assert_eq!(
+        status.service_endpoint.as_deref(),
+        Some(format!("iris.{}.svc.cluster.local:8080", ns.name).as_str())
+    );
+    assert!(
+        message(&model).contains("HTTP 404"),
+        "the status says why the update failed: {:?}",
+        status
+    );
 }
 
 #[tokio::test]
@@ -382,7 +473,11 @@ async fn deleting_a_model_removes_its_children_and_releases_its_volume() {
     ns.apply_yaml(&model_yaml("iris", &v1.url, Some(&v1.sha256), ""));
     let models = ns.api::<MLModel>();
     wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
-    let claim = ns.api::<PersistentVolumeClaim>().get("iris-model").await.expect("the model's claim");
+    let claim = ns
+        .api::<PersistentVolumeClaim>()
+        .get("iris-model")
+        .await
+        .expect("the model's claim");
     let volume = claim.spec.and_then(|s| s.volume_name).expect("a bound volume");
     let pv = kube::Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(ns.client.clone());
     let path = pv
@@ -392,7 +487,10 @@ async fn deleting_a_model_removes_its_children_and_releases_its_volume() {
         .spec
         .and_then(|s| s.host_path.map(|h| h.path).or(s.local.map(|l| l.path)))
         .expect("a local path");
-    assert!(std::path::Path::new(&path).join("iris/1").is_dir(), "the model was unpacked into {path}");
+    assert!(
+        std::path::Path::new(&path).join("iris/1").is_dir(),
+        "the model was unpacked into {path}"
+    );
 
     models.delete("iris", &Default::default()).await.expect("delete");
     wait_for_deletion(&models, "iris", Duration::from_secs(120)).await;
@@ -411,4 +509,150 @@ async fn deleting_a_model_removes_its_children_and_releases_its_volume() {
         async move { gone.then_some(()) }
     })
     .await;
+}
+
+/// One span of a trace as Jaeger's query API (`/api/traces/<id>`) returns it.
+#[derive(Debug, Clone)]
+struct JaegerSpan {
+    id: String,
+    parent: Option<String>,
+    name: String,
+    service: String,
+    start: u64,
+}
+
+/// The spans of `trace_id` in the cluster's Jaeger, once `complete` holds for them.
+async fn jaeger_trace(trace_id: &str, complete: impl Fn(&[JaegerSpan]) -> bool) -> Vec<JaegerSpan> {
+    let url = format!("{}/api/traces/{trace_id}", real_node().jaeger_query);
+    let mut last = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let out = Command::new("curl")
+            .args(["-fsS", "--max-time", "5", &url])
+            .output()
+            .expect("curl");
+        if out.status.success() {
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let trace = &json["data"][0];
+            let spans: Vec<JaegerSpan> = trace["spans"]
+                .as_array()
+                .map(|spans| {
+                    spans
+                        .iter()
+                        .map(|s| JaegerSpan {
+                            id: s["spanID"].as_str().unwrap_or_default().to_owned(),
+                            parent: s["references"]
+                                .as_array()
+                                .and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF"))
+                                .and_then(|r| r["spanID"].as_str())
+                                .map(str::to_owned),
+                            name: s["operationName"].as_str().unwrap_or_default().to_owned(),
+                            service: trace["processes"][s["processID"].as_str().unwrap_or_default()]["serviceName"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            start: s["startTime"].as_u64().unwrap_or_default(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if complete(&spans) {
+                return spans;
+            }
+            last = spans;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("trace {trace_id} incomplete in Jaeger after 60s: {last:#?}")
+}
+
+#[tokio::test]
+async fn a_rollout_is_one_trace_in_jaeger_with_the_downloaders_spans_from_the_pod() {
+    let ns = setup("serve-trace").await;
+    let v1 = artifact("v1");
+    ns.apply_yaml(&model_yaml("iris", &v1.url, Some(&v1.sha256), ""));
+    let model = wait_for(&ns.api::<MLModel>(), "iris", READY_TIMEOUT, ready_at_generation).await;
+    let trace_id = model
+        .status
+        .as_ref()
+        .and_then(|s| s.trace_id.clone())
+        .expect("status.traceId");
+
+    let has = |spans: &[JaegerSpan], name: &str| spans.iter().any(|s| s.name == name);
+    let spans = jaeger_trace(&trace_id, |spans| {
+        ["mlmodel.ready", "download.unpack", "phase Serving"]
+            .iter()
+            .all(|n| has(spans, n))
+    })
+    .await;
+    let one = |name: &str| -> &JaegerSpan {
+        let found: Vec<&JaegerSpan> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 1, "one {name} span in {spans:#?}");
+        found[0]
+    };
+    let root = one("mlmodel.rollout");
+    assert_eq!(
+        (root.parent.as_deref(), root.service.as_str()),
+        (None, "mlmodel-operator")
+    );
+    // The phases, in order, then the outcome, all children of the rollout.
+    let mut top: Vec<&JaegerSpan> = spans
+        .iter()
+        .filter(|s| s.parent.as_deref() == Some(root.id.as_str()) && s.service == "mlmodel-operator")
+        .collect();
+    top.sort_by_key(|s| s.start);
+    let names: Vec<&str> = top.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "phase CreatingStorage",
+            "phase Downloading",
+            "phase Serving",
+            "mlmodel.ready"
+        ],
+        "the rollout's phases"
+    );
+    // The downloader ran in the Job's pod on the node and joined the same trace.
+    let download = one("mlmodel.download");
+    assert_eq!(
+        (download.parent.as_deref(), download.service.as_str()),
+        (Some(root.id.as_str()), "mlmodel-downloader")
+    );
+    for step in ["download.fetch", "download.verify", "download.unpack"] {
+        let span = one(step);
+        assert_eq!(span.service, "mlmodel-downloader");
+        let mut ancestor = span.parent.clone();
+        let mut chain = Vec::new();
+        while let Some(id) = ancestor {
+            let Some(parent) = spans.iter().find(|s| s.id == id) else {
+                break;
+            };
+            chain.push(parent.name.clone());
+            ancestor = parent.parent.clone();
+        }
+        assert!(
+            chain.contains(&"mlmodel.download".to_owned())
+                && chain.last().map(String::as_str) == Some("mlmodel.rollout"),
+            "{step}: {chain:?}"
+        );
+    }
+
+    // Found by service and model name, as a person searches.
+    let search = format!(
+        "{}/api/traces?service=mlmodel-operator&tags=%7B%22mlmodel.name%22%3A%22iris%22%2C%22k8s.namespace.name%22%3A%22{}%22%7D",
+        real_node().jaeger_query,
+        ns.name
+    );
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "5", &search])
+        .output()
+        .expect("curl");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("search answer");
+    let found: Vec<&str> = json["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["traceID"].as_str())
+        .collect();
+    assert_eq!(found, vec![trace_id.as_str()], "one trace for this model's one rollout");
 }

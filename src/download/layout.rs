@@ -57,13 +57,16 @@ pub fn check(framework: Framework, root: &Path, ignore: &str) -> Result<(), Down
 
 /// MLServer's runtimes load `model-settings.json`, or without it a model file of theirs.
 fn mlserver_model(names: &[String], files: &[&str]) -> Option<String> {
-    let found = names.iter().any(|n| n == "model-settings.json" || files.contains(&n.as_str()));
+    let found = names
+        .iter()
+        .any(|n| n == "model-settings.json" || files.contains(&n.as_str()));
     (!found).then(|| format!("model-settings.json or one of {}", files.join(", ")))
 }
 
 /// The names in `root`, directories with a trailing `/`, sorted.
 fn entries(root: &Path) -> Result<Vec<String>, DownloadError> {
-    let read = std::fs::read_dir(root).map_err(|e| DownloadError::from_io(&format!("cannot list {}", root.display()), &e))?;
+    let read =
+        std::fs::read_dir(root).map_err(|e| DownloadError::from_io(&format!("cannot list {}", root.display()), &e))?;
     let mut names = Vec::new();
     for entry in read {
         let entry = entry.map_err(|e| DownloadError::from_io(&format!("cannot list {}", root.display()), &e))?;
@@ -97,7 +100,9 @@ mod tests {
 
     fn line(framework: Framework, files: &[&str]) -> Option<String> {
         let d = dir(files);
-        check(framework, d.path(), ".marker").err().map(|e| e.termination_line())
+        check(framework, d.path(), ".marker")
+            .err()
+            .map(|e| e.termination_line())
     }
 
     #[test]

@@ -116,9 +116,8 @@ pub struct DownloadArgs {
 }
 
 fn parse_framework(value: &str) -> Result<Framework, String> {
-    serde_json::from_value(serde_json::Value::String(value.to_owned())).map_err(|_| {
-        "expected one of tensorflow, triton, mlserver, sklearn, xgboost, custom".to_owned()
-    })
+    serde_json::from_value(serde_json::Value::String(value.to_owned()))
+        .map_err(|_| "expected one of tensorflow, triton, mlserver, sklearn, xgboost, custom".to_owned())
 }
 
 /// What a successful run did.

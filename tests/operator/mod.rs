@@ -135,7 +135,14 @@ pub const SHORT_THRESHOLDS: &[(&str, &str)] = &[
 pub fn shared() -> &'static Operator {
     static SHARED: OnceLock<Operator> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let op = start("shared", SHORT_THRESHOLDS);
+        // On a cluster with a real node, the operator (and the download Jobs it creates)
+        // export their traces to the cluster's Jaeger.
+        let mut env = SHORT_THRESHOLDS.to_vec();
+        if let Some(node) = &support::cluster().node {
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", node.jaeger_otlp.as_str()));
+            env.push(("OTEL_BSP_SCHEDULE_DELAY", "200"));
+        }
+        let op = start("shared", &env);
         op.wait_ready(Duration::from_secs(60));
         op
     })

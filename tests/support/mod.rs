@@ -64,6 +64,10 @@ pub struct RealNode {
     pub store_dir: PathBuf,
     /// `http://<ip>:<port>` of the model store, reachable from the host and from pods.
     pub store_url: String,
+    /// Jaeger's OTLP gRPC endpoint, reachable from the host and from pods.
+    pub jaeger_otlp: String,
+    /// Jaeger's query API (`/api/traces`, `/api/v3/...`), on loopback.
+    pub jaeger_query: String,
 }
 
 static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
@@ -95,7 +99,10 @@ pub fn node_cluster() -> &'static TestCluster {
     });
     match cluster {
         Ok(cluster) if cluster.node.is_some() => cluster,
-        Ok(cluster) => panic!("this test binary already uses {}, which has no real node", cluster.state_dir.display()),
+        Ok(cluster) => panic!(
+            "this test binary already uses {}, which has no real node",
+            cluster.state_dir.display()
+        ),
         Err(message) => panic!("{message}"),
     }
 }
@@ -190,6 +197,8 @@ impl TestCluster {
                 ip: get("NODE_IP")?,
                 store_dir: PathBuf::from(get("MODEL_STORE_DIR")?),
                 store_url: get("MODEL_STORE_URL")?,
+                jaeger_otlp: get("JAEGER_OTLP_GRPC")?,
+                jaeger_query: get("JAEGER_QUERY_URL")?,
             }),
             None => None,
         };
