@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use mlmodel_operator::api::Framework;
 use mlmodel_operator::download::{self, DownloadArgs, DownloadError, redact_url};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,6 +131,7 @@ impl Fixture {
             retries: 3,
             termination_log: self.log.clone(),
             s3_endpoint: None,
+            framework: Framework::Custom,
         }
     }
 
@@ -431,6 +433,27 @@ async fn tar_gz_with_top_level_directory_is_flattened() {
         vec![".mlmodel-download.json", "saved_model.pb", "variables"]
     );
     assert_eq!(dir_names(&fx.dest), vec!["resnet"], "temporary directory removed");
+}
+
+#[tokio::test]
+async fn a_layout_its_framework_cannot_load_fails_and_leaves_nothing() {
+    let archive = tar_gz(&[("my-model/model.onnx", b"weights"), ("my-model/README.md", b"read me")]);
+    let server = Server::start(move |_, _| Reply::Ok(archive.clone())).await;
+    let fx = Fixture::new();
+    let mut args = fx.args(&server.url("/m.tar.gz"));
+    args.framework = Framework::Tensorflow;
+
+    let err = download::run(args).await.unwrap_err();
+    assert_eq!(err.category(), "InvalidModelLayout");
+    assert_eq!(
+        fx.log_line(),
+        "InvalidModelLayout: tensorflow needs a SavedModel (saved_model.pb); found: README.md, model.onnx"
+    );
+    assert!(
+        !fx.version_dir().exists(),
+        "no version directory for a model that cannot load"
+    );
+    fx.assert_clean();
 }
 
 #[tokio::test]

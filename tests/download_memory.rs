@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use mlmodel_operator::api::Framework;
 use mlmodel_operator::download::{self, DownloadArgs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -73,6 +74,7 @@ async fn large_download_runs_in_constant_memory() {
         retries: 0,
         termination_log: tmp.path().join("termination-log"),
         s3_endpoint: None,
+        framework: Framework::Custom,
     })
     .await
     .unwrap();
@@ -119,6 +121,7 @@ async fn throughput_from_bench_url() {
         retries: 0,
         termination_log: tmp.path().join("termination-log"),
         s3_endpoint: None,
+        framework: Framework::Custom,
     })
     .await
     .unwrap();
