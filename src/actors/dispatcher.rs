@@ -19,25 +19,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::ModelKey;
-use super::supervisor::SupervisorMsg;
+use super::messages::{ChildUpdate, SupervisorMsg};
 use crate::api::MLModel;
 use crate::lifecycle::observe;
 use crate::resources::{MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL};
-
-/// A change to one child of a model, already summarised.
-#[derive(Clone, Debug)]
-pub enum ChildUpdate {
-    /// The PVC changed or (None) is gone.
-    Pvc(Option<observe::PvcObs>),
-    /// A download Job changed or is gone.
-    Job(String, Option<observe::JobObs>),
-    /// A pod changed or is gone.
-    Pod(String, Option<Box<observe::PodObs>>),
-    /// The Deployment changed or is gone.
-    Deployment(Option<observe::DeploymentObs>),
-    /// The Service changed or is gone.
-    Service(Option<observe::ServiceObs>),
-}
 
 /// The caches behind the watch streams. Cheap to clone.
 #[derive(Clone)]

@@ -1,8 +1,9 @@
-//! The actor runtime: a [`dispatcher`] turns the operator's watch streams into messages, the
+//! The actor runtime: a [`dispatcher`] turns the operator's watch streams into [`messages`], the
 //! [`supervisor`] keeps one [`model`] actor per MLModel alive, and each model actor owns its
 //! model's lifecycle.
 
 pub mod dispatcher;
+pub mod messages;
 pub mod model;
 pub mod supervisor;
 

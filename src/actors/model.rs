@@ -14,23 +14,12 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, Span};
 
-use super::dispatcher::ChildUpdate;
+use super::messages::{ChildUpdate, ModelMsg};
 use super::{ModelKey, SharedContext, backoff};
 use crate::api::{MLModel, MLModelStatus, Phase};
 use crate::cluster::{ClusterError, ModelWriter};
 use crate::lifecycle::{self, Action, EventNote, Observed, reason};
 use crate::telemetry;
-
-/// Messages of a model actor.
-#[derive(Debug)]
-pub enum ModelMsg {
-    /// The MLModel changed; its current state is in the cache.
-    ModelChanged,
-    /// A child changed.
-    Child(ChildUpdate),
-    /// Decide and act on the latest observed state.
-    Reconcile,
-}
 
 /// The model actor.
 pub struct ModelActor;

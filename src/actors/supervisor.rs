@@ -8,31 +8,10 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::dispatcher::ChildUpdate;
-use super::model::{ModelActor, ModelMsg, parse_model};
+use super::messages::{ModelMsg, SupervisorMsg};
+use super::model::{ModelActor, parse_model};
 use super::{ModelKey, SharedContext, backoff};
 use crate::lifecycle::{self, reason};
-
-/// Messages of the supervisor.
-#[derive(Debug)]
-pub enum SupervisorMsg {
-    /// A model was added, changed or (deleted) removed.
-    Model {
-        /// Which model.
-        key: ModelKey,
-        /// Whether it is gone.
-        deleted: bool,
-    },
-    /// A child of a model changed.
-    Child {
-        /// Which model.
-        key: ModelKey,
-        /// What changed.
-        update: ChildUpdate,
-    },
-    /// Start (again) the actor of a model, after a restart delay.
-    Respawn(ModelKey),
-}
 
 /// The supervisor actor.
 pub struct ModelSupervisor;
