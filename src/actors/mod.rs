@@ -5,6 +5,7 @@
 pub mod dispatcher;
 pub mod messages;
 pub mod model;
+pub mod rollout;
 pub mod supervisor;
 
 use std::fmt;

@@ -1,6 +1,6 @@
 //! The model actor: owns one MLModel's lifecycle. It keeps what it has observed of the
 //! model's children (fed by the dispatcher's messages), asks the pure core what to do, carries
-//! out the actions, writes the status, records Events, and traces the rollout.
+//! out the actions, writes the status and records Events; [`super::rollout`] traces the rollout.
 //!
 //! Events are coalesced: every message only updates the observed state and, if none is
 //! pending, schedules one `Reconcile`, so a burst of pod updates costs one decision.
@@ -15,11 +15,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, Span};
 
 use super::messages::{ChildUpdate, ModelMsg};
+use super::rollout::RolloutTrace;
 use super::{ModelKey, SharedContext, backoff};
-use crate::api::{MLModel, MLModelStatus, Phase};
+use crate::api::{MLModel, MLModelStatus};
 use crate::cluster::{ClusterError, ModelWriter};
 use crate::lifecycle::{self, Action, EventNote, Observed, reason};
-use crate::telemetry;
 
 /// The model actor.
 pub struct ModelActor;
@@ -36,17 +36,7 @@ pub struct ModelState {
     reconcile_pending: bool,
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<ModelMsg>>>>,
     retries: u32,
-    rollout: Option<Rollout>,
-    phase_since: std::time::Instant,
-}
-
-/// The trace of one rollout: a root span (ended at once, so it is exported even if the
-/// operator dies) and one span per phase, parented to the root through its traceparent.
-struct Rollout {
-    generation: i64,
-    traceparent: String,
-    phase: Option<Phase>,
-    span: Option<Span>,
+    trace: RolloutTrace,
 }
 
 /// Parses the cached untyped object into an MLModel.
@@ -81,7 +71,7 @@ impl ModelState {
                 o.jobs.sort_by_key(|j| j.version);
             }
             ChildUpdate::Pod(name, pod) => {
-                if let (Some(span), Some(p)) = (self.rollout.as_ref().and_then(|r| r.span.as_ref()), pod.as_ref()) {
+                if let (Some(span), Some(p)) = (self.trace.phase_span(), pod.as_ref()) {
                     let before = o.pods.iter().find(|x| x.name == name);
                     if before.map(|b| (&b.phase, b.ready)) != Some((&p.phase, p.ready)) {
                         tracing::info!(parent: span, pod = %name, phase = %p.phase, ready = p.ready, "pod status changed");
@@ -132,138 +122,6 @@ impl ModelState {
             _ => {}
         }
     }
-
-    fn span_for(&mut self, model: &MLModel, status: &mut MLModelStatus) {
-        let generation = model.metadata.generation.unwrap_or(1);
-        let continuing = self.rollout.as_ref().is_some_and(|r| r.generation == generation);
-        if continuing {
-            return;
-        }
-        let previous = model.status.as_ref().filter(|s| s.traceparent.is_some());
-        // A restarted operator (or a new leader) continues the trace stored on the object.
-        let stored = previous
-            .filter(|s| s.observed_generation == Some(generation))
-            .and_then(|s| s.traceparent.clone());
-        let traceparent = stored.or_else(|| {
-            let root = rollout_span("mlmodel.rollout", model, current_phase(model));
-            telemetry::traceparent_of(&root)
-        });
-        if let Some(tp) = traceparent {
-            status.trace_id = tp.split('-').nth(1).map(str::to_owned);
-            status.traceparent = Some(tp.clone());
-            self.rollout = Some(Rollout {
-                generation,
-                traceparent: tp,
-                phase: None,
-                span: None,
-            });
-        }
-    }
-
-    fn trace_phase(&mut self, model: &MLModel, status: &MLModelStatus) {
-        let Some(rollout) = self.rollout.as_mut() else { return };
-        let Some(phase) = status.phase else { return };
-        if rollout.phase == Some(phase) {
-            return;
-        }
-        let elapsed = self.phase_since.elapsed().as_secs_f64();
-        if let Some(previous) = rollout.phase {
-            self.ctx
-                .metrics
-                .phase_transition(previous.as_str(), phase.as_str(), elapsed, status.trace_id.as_deref());
-        }
-        self.phase_since = std::time::Instant::now();
-        rollout.phase = Some(phase);
-        // Dropping the previous span ends it, so each phase is exported as it finishes. The
-        // span only closes once the reconcile running inside it does, so it is entered and left
-        // first: its end time is then the moment of the transition, not the end of that
-        // reconcile, and it does not overlap the next phase.
-        if let Some(previous) = rollout.span.take() {
-            drop(previous.enter());
-        }
-        if matches!(phase, Phase::Ready | Phase::Failed) {
-            let outcome = rollout_span(
-                if phase == Phase::Ready {
-                    "mlmodel.ready"
-                } else {
-                    "mlmodel.failed"
-                },
-                model,
-                phase,
-            );
-            telemetry::set_parent_from_traceparent(&outcome, &rollout.traceparent);
-            if let Some(f) = status.last_failure.as_ref().filter(|_| phase == Phase::Failed) {
-                outcome.record("otel.status_code", "ERROR");
-                // tracing-opentelemetry's field for the status message (`otel.status_message`
-                // would only be an attribute).
-                outcome.record("otel.status_description", f.message.as_str());
-                outcome.record("mlmodel.failure.reason", f.reason.as_str());
-            }
-            return;
-        }
-        let span = rollout_span(&format!("phase {phase}"), model, phase);
-        telemetry::set_parent_from_traceparent(&span, &rollout.traceparent);
-        rollout.span = Some(span);
-    }
-
-    /// Deletion is a trace of its own: a root `mlmodel.delete`, the Terminating phase, and
-    /// `mlmodel.deleted` once the finalizer is released.
-    fn deletion_trace(&mut self, model: &MLModel, status: &mut MLModelStatus) {
-        if self.rollout.as_ref().is_some_and(|r| r.generation == DELETION) {
-            return;
-        }
-        let stored = model
-            .status
-            .as_ref()
-            .filter(|s| s.phase == Some(Phase::Terminating))
-            .and_then(|s| s.traceparent.clone());
-        let traceparent =
-            stored.or_else(|| telemetry::traceparent_of(&rollout_span("mlmodel.delete", model, Phase::Terminating)));
-        if let Some(tp) = traceparent {
-            status.trace_id = tp.split('-').nth(1).map(str::to_owned);
-            status.traceparent = Some(tp.clone());
-            self.rollout = Some(Rollout {
-                generation: DELETION,
-                traceparent: tp,
-                phase: None,
-                span: None,
-            });
-        }
-    }
-
-    fn deletion_done(&mut self, model: &MLModel) {
-        let Some(mut rollout) = self.rollout.take().filter(|r| r.generation == DELETION) else {
-            return;
-        };
-        if let Some(span) = rollout.span.take() {
-            drop(span.enter());
-        }
-        let done = rollout_span("mlmodel.deleted", model, Phase::Terminating);
-        telemetry::set_parent_from_traceparent(&done, &rollout.traceparent);
-    }
-}
-
-/// The generation marker of a deletion's trace.
-const DELETION: i64 = -1;
-
-fn current_phase(model: &MLModel) -> Phase {
-    model.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
-}
-
-fn rollout_span(name: &str, model: &MLModel, phase: Phase) -> Span {
-    tracing::info_span!(
-        parent: None,
-        "mlmodel",
-        otel.name = name,
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        mlmodel.failure.reason = tracing::field::Empty,
-        k8s.namespace.name = model.metadata.namespace.as_deref().unwrap_or_default(),
-        mlmodel.name = model.metadata.name.as_deref().unwrap_or_default(),
-        mlmodel.uid = model.metadata.uid.as_deref().unwrap_or_default(),
-        mlmodel.generation = model.metadata.generation.unwrap_or_default(),
-        mlmodel.phase = phase.as_str(),
-    )
 }
 
 impl Actor for ModelActor {
@@ -287,8 +145,7 @@ impl Actor for ModelActor {
             reconcile_pending: false,
             timer: None,
             retries: 0,
-            rollout: None,
-            phase_since: std::time::Instant::now(),
+            trace: RolloutTrace::default(),
         };
         state.schedule(&myself);
         Ok(state)
@@ -309,7 +166,7 @@ impl Actor for ModelActor {
             ModelMsg::Reconcile => {
                 state.reconcile_pending = false;
                 // Inside the current phase's span, so log lines carry the model's trace id.
-                let span = match state.rollout.as_ref().and_then(|r| r.span.as_ref()) {
+                let span = match state.trace.phase_span() {
                     Some(phase) => tracing::info_span!(parent: phase, "reconcile"),
                     None => Span::none(),
                 };
@@ -371,9 +228,9 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
     // Before deciding, so the download Job it may create carries the rollout's context.
     let mut status = model.status.clone().unwrap_or_default();
     if model.metadata.deletion_timestamp.is_none() {
-        state.span_for(&model, &mut status);
+        state.trace.begin(&model, &mut status);
     } else {
-        state.deletion_trace(&model, &mut status);
+        state.trace.begin_deletion(&model, &mut status);
     }
     model.status = Some(status);
     let observed = Observed {
@@ -404,7 +261,7 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
             }
             state.assume(action);
             if matches!(action, Action::RemoveFinalizer) {
-                state.deletion_done(&model);
+                state.trace.deletion_done(&model);
             }
         }
     }
@@ -435,7 +292,7 @@ async fn report(state: &mut ModelState, model: &MLModel, status: MLModelStatus) 
     }
     state.writer.write_status(model, &status).await?;
     let event = lifecycle::transition_event(state.status.as_ref(), &status);
-    state.trace_phase(model, &status);
+    state.trace.phase_reported(model, &status, &state.ctx.metrics);
     if let Some(note) = event {
         tracing::info!(model = %state.key, phase = ?status.phase, reason = %note.reason, "{}", note.note);
         state.writer.event(model, &note, "Reconcile").await;
