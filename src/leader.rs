@@ -76,6 +76,20 @@ impl Fence {
         self.leading.load(Ordering::SeqCst) && renewed.is_some_and(|t| t.elapsed() < self.renew_deadline)
     }
 
+    /// How long writes stay allowed: `None` without leader election, zero when this replica
+    /// may not write. A write still in flight when this ends is cut off.
+    pub fn remaining(&self) -> Option<Duration> {
+        if self.always {
+            return None;
+        }
+        let renewed = self.renewed_at.lock().map(|r| *r).unwrap_or(None);
+        let left = match renewed {
+            Some(t) if self.leading.load(Ordering::SeqCst) => self.renew_deadline.saturating_sub(t.elapsed()),
+            _ => Duration::ZERO,
+        };
+        Some(left)
+    }
+
     fn renewed(&self, at: Instant) {
         if let Ok(mut r) = self.renewed_at.lock() {
             *r = Some(at);

@@ -1,31 +1,20 @@
 //! The messages the actors exchange, in one place: the dispatcher sends [`SupervisorMsg`], the
 //! supervisor sends [`ModelMsg`], and neither module needs the other's types.
+//!
+//! A message carries no state: the caches are the one source of truth, so "something about
+//! this model changed" is all an actor needs to hear, and repeated wake-ups coalesce.
 
 use super::ModelKey;
-use crate::lifecycle::observe;
-
-/// A change to one child of a model, already summarised.
-#[derive(Clone, Debug)]
-pub enum ChildUpdate {
-    /// The PVC changed or (None) is gone.
-    Pvc(Option<observe::PvcObs>),
-    /// A download Job changed or is gone.
-    Job(String, Option<observe::JobObs>),
-    /// A pod changed or is gone.
-    Pod(String, Option<Box<observe::PodObs>>),
-    /// The Deployment changed or is gone.
-    Deployment(Option<observe::DeploymentObs>),
-    /// The Service changed or is gone.
-    Service(Option<observe::ServiceObs>),
-}
 
 /// Messages of the supervisor.
 #[derive(Debug)]
 pub enum SupervisorMsg {
-    /// A model was added, changed or (deleted) removed.
+    /// A model was added, changed (other than by a status write) or (deleted) removed.
     Model {
         /// Which model.
         key: ModelKey,
+        /// Its uid: a model re-created under the same name is another model.
+        uid: String,
         /// Whether it is gone.
         deleted: bool,
     },
@@ -33,9 +22,11 @@ pub enum SupervisorMsg {
     Child {
         /// Which model.
         key: ModelKey,
-        /// What changed.
-        update: ChildUpdate,
     },
+    /// Bring the actors in line with the cache: one per model, none for a model that is gone.
+    Sync,
+    /// Periodic resync: wake the next share of the models.
+    Resync,
     /// Start (again) the actor of a model, after a restart delay.
     Respawn(ModelKey),
 }
@@ -43,10 +34,9 @@ pub enum SupervisorMsg {
 /// Messages of a model actor.
 #[derive(Debug)]
 pub enum ModelMsg {
-    /// The MLModel changed; its current state is in the cache.
-    ModelChanged,
-    /// A child changed.
-    Child(ChildUpdate),
-    /// Decide and act on the latest observed state.
+    /// Something about the model or its children changed: reconcile (once, however many
+    /// wake-ups arrive before it runs).
+    Wake,
+    /// Decide and act on what the caches show now.
     Reconcile,
 }

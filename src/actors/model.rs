@@ -1,11 +1,11 @@
-//! The model actor: owns one MLModel's lifecycle. It keeps what it has observed of the
-//! model's children (fed by the dispatcher's messages), asks the pure core what to do, carries
-//! out the actions, writes the status and records Events; [`super::rollout`] traces the rollout.
+//! The model actor: owns one MLModel (one uid) and its lifecycle. On every reconcile it reads
+//! what it observes from the dispatcher's caches, asks the pure core what to do, carries out
+//! the actions, writes the status and records Events; [`super::rollout`] traces the rollout.
 //!
-//! Events are coalesced: every message only updates the observed state and, if none is
-//! pending, schedules one `Reconcile`, so a burst of pod updates costs one decision.
+//! Wake-ups are coalesced: a message only schedules one `Reconcile` if none is pending, so a
+//! burst of pod updates costs one decision, made on the latest state of the caches.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -14,25 +14,35 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, Span};
 
-use super::messages::{ChildUpdate, ModelMsg};
+use super::messages::ModelMsg;
 use super::rollout::RolloutTrace;
 use super::{ModelKey, SharedContext, backoff};
 use crate::api::{MLModel, MLModelStatus};
-use crate::cluster::{ClusterError, ModelWriter};
+use crate::cluster::{ClusterError, ModelWriter, WriteOutcome, Written};
 use crate::lifecycle::{self, Action, EventNote, Observed, reason};
+
+/// How long a write the caches have not shown yet is taken as done.
+const IN_FLIGHT_TTL: Duration = Duration::from_secs(15);
+
+/// How often a model whose child's name is taken tries again.
+const CONFLICT_RETRY: Duration = Duration::from_secs(5);
 
 /// The model actor.
 pub struct ModelActor;
 
-/// A model actor's state: what it observed and what it last reported.
+/// A model actor's state: whom it serves, what it last reported, and its timers.
 pub struct ModelState {
     key: ModelKey,
+    uid: String,
     ctx: SharedContext,
     writer: ModelWriter,
-    observed: Observed,
     /// The status last written; the operator is its only writer, so this is the truth even
     /// before the watch echoes the write back.
     status: Option<MLModelStatus>,
+    /// Children written and not yet seen back through the watch, so a decision made in the
+    /// meantime does not repeat the write. Each lasts until the cache shows the write (or a
+    /// short while): the caches stay the source of truth.
+    in_flight: Vec<(WriteOutcome, Instant)>,
     reconcile_pending: bool,
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<ModelMsg>>>>,
     retries: u32,
@@ -42,6 +52,10 @@ pub struct ModelState {
 /// Parses the cached untyped object into an MLModel.
 pub fn parse_model(obj: &DynamicObject) -> Result<MLModel, serde_json::Error> {
     serde_json::to_value(obj).and_then(serde_json::from_value)
+}
+
+fn version_number(rv: Option<&str>) -> Option<u64> {
+    rv.and_then(|v| v.parse().ok())
 }
 
 impl ModelState {
@@ -59,89 +73,72 @@ impl ModelState {
         self.timer = Some(myself.send_after(after, || ModelMsg::Reconcile));
     }
 
-    fn apply_update(&mut self, update: ChildUpdate) {
-        let o = &mut self.observed;
-        match update {
-            ChildUpdate::Pvc(p) => o.pvc = p,
-            ChildUpdate::Deployment(d) => o.deployment = d,
-            ChildUpdate::Service(s) => o.service = s,
-            ChildUpdate::Job(name, job) => {
-                o.jobs.retain(|j| j.name != name);
-                o.jobs.extend(job);
-                o.jobs.sort_by_key(|j| j.version);
-            }
-            ChildUpdate::Pod(name, pod) => {
-                if let (Some(span), Some(p)) = (self.trace.phase_span(), pod.as_ref()) {
-                    let before = o.pods.iter().find(|x| x.name == name);
-                    if before.map(|b| (&b.phase, b.ready)) != Some((&p.phase, p.ready)) {
-                        tracing::info!(parent: span, pod = %name, phase = %p.phase, ready = p.ready, "pod status changed");
+    /// What the caches show now, with the writes they do not show yet.
+    fn observe(&mut self) -> Observed {
+        let caches = &self.ctx.caches;
+        let mut observed = caches.observed(&self.key, &self.uid);
+        let namespace = self.key.namespace.clone();
+        self.in_flight.retain(|(w, at)| {
+            let cached = version_number(caches.resource_version(&w.written, &namespace, &w.name).as_deref());
+            let written = version_number(w.resource_version.as_deref());
+            let seen = matches!((cached, written), (Some(c), Some(w)) if c >= w);
+            !seen && at.elapsed() < IN_FLIGHT_TTL
+        });
+        for (w, _) in &self.in_flight {
+            match &w.written {
+                Written::Pvc(p) => {
+                    observed.pvc.get_or_insert_with(|| p.clone());
+                }
+                Written::Job(j) => {
+                    if !observed.jobs.iter().any(|x| x.name == j.name) {
+                        observed.jobs.push(j.clone());
+                        observed.jobs.sort_by_key(|j| j.version);
                     }
                 }
-                o.pods.retain(|p| p.name != name);
-                o.pods.extend(pod.map(|p| *p));
-                o.pods.sort_by(|a, b| a.name.cmp(&b.name));
+                Written::Deployment(d) => {
+                    let ready = observed.deployment.as_ref().map_or(0, |x| x.ready_replicas);
+                    observed.deployment = Some(lifecycle::observe::DeploymentObs {
+                        ready_replicas: ready,
+                        ..d.clone()
+                    });
+                }
+                Written::Service(s) => observed.service = Some(s.clone()),
             }
         }
+        observed.now = Timestamp::now();
+        observed
     }
+}
 
-    /// Feeds the result of an action back into what is observed, so a decision made before
-    /// the watch echoes the write does not repeat it.
-    fn assume(&mut self, action: &Action) {
-        use crate::lifecycle::observe::*;
-        use crate::resources::{SOURCE_ANNOTATION, spec_hash};
-        match action {
-            Action::ApplyPvc(_) if self.observed.pvc.is_none() => {
-                self.observed.pvc = Some(PvcObs {
-                    phase: "Pending".into(),
-                    deleting: false,
-                })
-            }
-            Action::ApplyJob(j) => {
-                if let Some(mut obs) = job(j) {
-                    obs.source = j
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(SOURCE_ANNOTATION).cloned());
-                    if !self.observed.jobs.iter().any(|x| x.name == obs.name) {
-                        self.observed.jobs.push(obs);
-                    }
-                }
-            }
-            Action::ApplyDeployment(d) => {
-                let ready = self.observed.deployment.as_ref().map_or(0, |x| x.ready_replicas);
-                self.observed.deployment = Some(DeploymentObs {
-                    ready_replicas: ready,
-                    ..deployment(d)
-                });
-                if let Some(x) = self.observed.deployment.as_mut() {
-                    x.spec_hash = spec_hash(d.as_ref()).cloned();
-                }
-            }
-            Action::ApplyService(s) => self.observed.service = Some(service(s)),
-            _ => {}
-        }
+/// Whether the caches (or a write in flight) show the child `action` applies.
+fn child_exists(observed: &Observed, action: &Action) -> bool {
+    match action {
+        Action::ApplyPvc(_) => observed.pvc.is_some(),
+        Action::ApplyJob(j) => observed.jobs.iter().any(|x| Some(&x.name) == j.metadata.name.as_ref()),
+        Action::ApplyDeployment(_) => observed.deployment.is_some(),
+        Action::ApplyService(_) => observed.service.is_some(),
+        _ => true,
     }
 }
 
 impl Actor for ModelActor {
     type Msg = ModelMsg;
     type State = ModelState;
-    type Arguments = (ModelKey, SharedContext);
+    type Arguments = (ModelKey, String, SharedContext);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (key, ctx): Self::Arguments,
+        (key, uid, ctx): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let writer = ctx.writer(&key.namespace);
-        let observed = ctx.caches.observed(&key);
         let mut state = ModelState {
             key,
+            uid,
             ctx,
             writer,
-            observed,
             status: None,
+            in_flight: Vec::new(),
             reconcile_pending: false,
             timer: None,
             retries: 0,
@@ -158,11 +155,7 @@ impl Actor for ModelActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ModelMsg::ModelChanged => state.schedule(&myself),
-            ModelMsg::Child(update) => {
-                state.apply_update(update);
-                state.schedule(&myself);
-            }
+            ModelMsg::Wake => state.schedule(&myself),
             ModelMsg::Reconcile => {
                 state.reconcile_pending = false;
                 // Inside the current phase's span, so log lines carry the model's trace id.
@@ -188,6 +181,10 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
     let Some(obj) = state.ctx.caches.model(&state.key) else {
         return Ok(());
     };
+    // Another model of the same name: the supervisor replaces this actor.
+    if obj.metadata.uid.as_deref() != Some(state.uid.as_str()) {
+        return Ok(());
+    }
     let mut model = match parse_model(&obj) {
         Ok(model) => model,
         Err(error) => {
@@ -233,10 +230,7 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
         state.trace.begin_deletion(&model, &mut status);
     }
     model.status = Some(status);
-    let observed = Observed {
-        now: Timestamp::now(),
-        ..state.observed.clone()
-    };
+    let observed = state.observe();
     let decision = lifecycle::decide(&model, &observed, &state.ctx.settings);
     let forced: Vec<String> = decision
         .actions
@@ -254,12 +248,18 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
         .iter()
         .partition(|a| matches!(a, Action::RemoveFinalizer));
     for batch in [independent, release] {
-        let results = futures::future::join_all(batch.iter().map(|a| state.writer.execute(&model, a))).await;
+        let results = futures::future::join_all(
+            batch
+                .iter()
+                .map(|a| state.writer.execute(&model, a, child_exists(&observed, a))),
+        )
+        .await;
         for (action, result) in batch.into_iter().zip(results) {
-            if let Err(error) = result {
-                return handle_error(myself, state, &model, error).await;
+            match result {
+                Err(error) => return handle_error(myself, state, &model, &observed, error).await,
+                Ok(Some(written)) => state.in_flight.push((written, Instant::now())),
+                Ok(None) => {}
             }
-            state.assume(action);
             if matches!(action, Action::RemoveFinalizer) {
                 state.trace.deletion_done(&model);
             }
@@ -275,7 +275,7 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
         state.writer.event(&model, &note, "Delete").await;
     }
     if let Err(error) = report(state, &model, decision.status).await {
-        return handle_error(myself, state, &model, error).await;
+        return handle_error(myself, state, &model, &observed, error).await;
     }
     if let Some(after) = decision.requeue_after {
         state.wake_after(myself, after);
@@ -305,10 +305,27 @@ async fn handle_error(
     myself: &ActorRef<ModelMsg>,
     state: &mut ModelState,
     model: &MLModel,
+    observed: &Observed,
     error: ClusterError,
 ) -> Result<(), ActorProcessingErr> {
     state.ctx.metrics.reconcile_error(error.category());
     match error {
+        ClusterError::Conflict { object, previous_owner } => {
+            // The object is not in the caches (it does not carry the operator's labels): the
+            // core reports it as if it were, and the model tries again in a while.
+            let mut observed = observed.clone();
+            if previous_owner {
+                observed.previous_owner.push(object);
+            } else {
+                observed.foreign.push(object);
+            }
+            let decision = lifecycle::decide(model, &observed, &state.ctx.settings);
+            if let Err(error) = report(state, model, decision.status).await {
+                tracing::warn!(model = %state.key, %error, "could not report the conflict");
+            }
+            state.wake_after(myself, CONFLICT_RETRY);
+            Ok(())
+        }
         ClusterError::Transient { .. } => {
             // Never Failed for a transient error: retry with capped backoff and jitter.
             let delay = backoff(

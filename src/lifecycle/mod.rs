@@ -187,6 +187,10 @@ pub mod reason {
     pub const DOWNLOAD_FAILED: &str = "DownloadFailed";
     /// The serving pods cannot be scheduled.
     pub const UNSCHEDULABLE: &str = "Unschedulable";
+    /// An object with a child's name exists and the model does not own it.
+    pub const RESOURCE_EXISTS: &str = "ResourceExists";
+    /// Children of a deleted model of the same name are still being removed.
+    pub const WAITING_FOR_PREVIOUS_MODEL: &str = "WaitingForPreviousModel";
 }
 
 /// The status of a model that failed for `reason` outside the core's own decisions (the API
@@ -241,6 +245,26 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
         };
     }
 
+    // Never adopt: an object with a child's name that this model does not own is left as it
+    // is, and the model says which one (it recovers once the name is free).
+    if !observed.foreign.is_empty() {
+        let message = format!(
+            "{} already exist(s) and is not owned by this MLModel; delete or rename it",
+            observed.foreign.join(", ")
+        );
+        plan.report.fail(reason::RESOURCE_EXISTS, message);
+        return plan.into_decision();
+    }
+    if !observed.previous_owner.is_empty() {
+        let message = format!(
+            "waiting for {} of a deleted MLModel named {} to be removed",
+            observed.previous_owner.join(", "),
+            model.name_any()
+        );
+        plan.report
+            .phase(Phase::Pending, reason::WAITING_FOR_PREVIOUS_MODEL, message);
+        return plan.into_decision();
+    }
     let storage = storage::storage(model, observed, &mut plan);
     if storage == Storage::Lost {
         return plan.into_decision();

@@ -25,6 +25,7 @@ fn deletion_removes_the_children_then_the_finalizer() {
         deployment: Some(deployment_of(&m, 1)),
         service: Some(service_of(&m)),
         now: now(),
+        ..Default::default()
     };
     let being_deleted = || {
         let mut o = children();

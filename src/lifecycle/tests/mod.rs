@@ -228,6 +228,7 @@ fn serving(m: &MLModel, version: i64, pods: Vec<PodObs>) -> Observed {
         deployment: Some(deployment_of(m, version)),
         service: m.spec.expose.then(|| service_of(m)),
         now: now(),
+        ..Default::default()
     }
 }
 
@@ -979,4 +980,46 @@ fn the_endpoint_stays_while_ready_pods_serve_during_a_rollout() {
     assert_eq!(d.status.phase, Some(Phase::Serving));
     assert_eq!(condition(&d.status, "Available").status, "True");
     assert_eq!(d.status.service_endpoint.as_deref(), Some(ENDPOINT));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Objects the model does not own
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_foreign_object_with_a_childs_name_fails_the_model_and_is_left_alone() {
+    let m = with_status(&model(), MLModelStatus::default());
+    let observed = Observed {
+        foreign: vec!["service/iris".to_owned(), "persistentvolumeclaim/iris-model".to_owned()],
+        ..nothing()
+    };
+    let d = decide(&m, &observed, &settings());
+    assert!(d.actions.is_empty(), "nothing is applied: {:?}", summary(&d.actions));
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(last_failure(&d).reason, "ResourceExists");
+    assert!(message(&d).contains("service/iris"), "{}", message(&d));
+    assert!(
+        message(&d).contains("persistentvolumeclaim/iris-model"),
+        "{}",
+        message(&d)
+    );
+
+    // Once the name is free, the model goes on from the start.
+    let after = decide(&with_status(&m, d.status.clone()), &nothing(), &settings());
+    assert_ne!(after.status.phase, Some(Phase::Failed));
+    assert!(summary(&after.actions).iter().any(|a| a.starts_with("ApplyPvc")));
+}
+
+#[test]
+fn children_of_a_deleted_model_of_the_same_name_are_waited_for() {
+    let m = model();
+    let observed = Observed {
+        previous_owner: vec!["job/iris-v1".to_owned()],
+        ..nothing()
+    };
+    let d = decide(&m, &observed, &settings());
+    assert!(d.actions.is_empty(), "nothing is applied: {:?}", summary(&d.actions));
+    assert_eq!(d.status.phase, Some(Phase::Pending));
+    assert!(message(&d).contains("job/iris-v1"), "{}", message(&d));
+    assert_eq!(condition(&d.status, "Ready").reason, "WaitingForPreviousModel");
 }

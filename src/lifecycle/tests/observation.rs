@@ -431,6 +431,7 @@ fn an_observed_world_is_decided_the_same_as_its_summaries() {
         ))),
         service: Some(observe::service(&resources::with_spec_hash(resources::service(&m)))),
         now: now(),
+        ..Default::default()
     };
 
     let d = decide(&m, &observed, &settings());
