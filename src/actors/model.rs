@@ -241,13 +241,18 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
         })
         .collect();
     // Every action but the finalizer's release is independent of the others (each child is
-    // applied whole and owned by the model), so they run concurrently; the release waits for
-    // the rest, so a model is never let go before its children are asked to go.
-    let (release, independent): (Vec<&Action>, Vec<&Action>) = decision
+    // applied whole and owned by the model), so they run concurrently; two exceptions run on
+    // their own: a claim that does not exist yet is created first, so no download Job ever
+    // mounts a claim of that name that turns out not to be the model's, and the release waits
+    // for the rest, so a model is never let go before its children are asked to go.
+    let (release, rest): (Vec<&Action>, Vec<&Action>) = decision
         .actions
         .iter()
         .partition(|a| matches!(a, Action::RemoveFinalizer));
-    for batch in [independent, release] {
+    let (claim, independent): (Vec<&Action>, Vec<&Action>) = rest
+        .into_iter()
+        .partition(|a| matches!(a, Action::ApplyPvc(_)) && !child_exists(&observed, a));
+    for batch in [claim, independent, release] {
         let results = futures::future::join_all(
             batch
                 .iter()

@@ -87,6 +87,8 @@ pub fn start(identity: &str, env: &[(&str, &str)]) -> Operator {
         .env("POD_NAME", identity)
         .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
         .env("RUST_LOG", "info,mlmodel_operator=debug")
+        // Hours: a test passes because no event was lost, never because a resync covered it.
+        .env("RESYNC_SECONDS", "14400")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdin(Stdio::null())
         .stdout(file)
