@@ -27,13 +27,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
 use mlmodel_operator::api::{MLModel, Phase};
@@ -176,10 +177,12 @@ async fn bind_claims_of(client: kube::Client, namespace: String) {
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
     tokio::spawn(async move {
         let mut stream = watcher::watcher(claims.clone(), watcher::Config::default())
+            .default_backoff()
             .applied_objects()
             .boxed();
         let bound = Arc::new(tokio::sync::Semaphore::new(32));
-        while let Ok(Some(claim)) = stream.try_next().await {
+        while let Some(claim) = stream.next().await {
+            let Ok(claim) = claim else { continue };
             if claim.spec.as_ref().and_then(|s| s.volume_name.as_ref()).is_some() {
                 continue;
             }
@@ -418,7 +421,7 @@ async fn main() {
         observer.ready.lock().unwrap().contains_key("warmup")
     })
     .await;
-    let requests_before = metric(port, "mlmodel_api_requests");
+    let requests_before = metric(port, "mlmodel_api_requests_total");
 
     let applied: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let burst = Instant::now();
@@ -441,13 +444,13 @@ async fn main() {
     })
     .await;
     let all_ready = burst.elapsed();
-    let requests = metric(port, "mlmodel_api_requests") - requests_before;
+    let requests = metric(port, "mlmodel_api_requests_total") - requests_before;
     let peak = sampler.peak();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let settled = rss_kib(op.pid());
-    let idle_before = metric(port, "mlmodel_api_requests");
+    let idle_before = metric(port, "mlmodel_api_requests_total");
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let idle_per_minute = metric(port, "mlmodel_api_requests") - idle_before;
+    let idle_per_minute = metric(port, "mlmodel_api_requests_total") - idle_before;
 
     let completed: HashMap<String, Instant> = observer.job_completed.lock().unwrap().clone();
     let to_job = diff(&observer.job_created, &applied);

@@ -283,3 +283,29 @@ async fn watch_lease(api: Api<Lease>, name: String, changed: Arc<Notify>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_allowed_only_until_the_renew_deadline() {
+        assert_eq!(Fence::open().remaining(), None, "no leader election: no deadline");
+        let fence = Fence::new(Duration::from_secs(10));
+        assert_eq!(fence.remaining(), Some(Duration::ZERO), "not leading yet");
+        fence.renewed(Instant::now());
+        let left = fence.remaining().unwrap_or_default();
+        assert!(
+            left > Duration::from_secs(9) && left <= Duration::from_secs(10),
+            "{left:?}"
+        );
+        if let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(11)) {
+            fence.renewed(long_ago);
+            assert_eq!(fence.remaining(), Some(Duration::ZERO), "the renewal is too old");
+            assert!(!fence.may_write());
+        }
+        fence.renewed(Instant::now());
+        fence.lost();
+        assert_eq!(fence.remaining(), Some(Duration::ZERO), "leadership lost");
+    }
+}

@@ -118,11 +118,11 @@ struct RunArgs {
     resync_seconds: u64,
 
     /// Client-side rate limit of the operator's API writes, in requests per second.
-    #[arg(long, env = "API_QPS", default_value_t = 50.0)]
+    #[arg(long, env = "API_QPS", default_value_t = 200.0)]
     api_qps: f64,
 
     /// Writes allowed in a burst above --api-qps.
-    #[arg(long, env = "API_BURST", default_value_t = 100)]
+    #[arg(long, env = "API_BURST", default_value_t = 400)]
     api_burst: u32,
 }
 

@@ -3,6 +3,7 @@
 //!
 //! Own test binary (compiled with the `fault-injection` feature): its operator holds back the
 //! Pod watch.
+#![cfg(feature = "fault-injection")]
 
 mod operator;
 mod support;
@@ -32,7 +33,6 @@ fn readyz(port: u16) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()
 }
 
-#[cfg(feature = "fault-injection")]
 #[tokio::test]
 async fn readiness_waits_for_every_stream_to_list() {
     let port = free_port();

@@ -59,7 +59,7 @@ async fn a_model_applied_and_a_job_completed_during_start_up_are_acted_on() {
     kubelet::terminated(&pods, &download[0], 0, "").await;
 
     support::wait_for(&ns.api::<Job>(), "late-download-1", TIMEOUT, |_| true).await;
-    support::wait_for(&ns.api::<Deployment>(), "m-0", TIMEOUT, |_| true).await;
+    support::wait_for(&ns.api::<Deployment>(), "m-0-serving", TIMEOUT, |_| true).await;
     support::wait_for(&models, "m-0", TIMEOUT, |m| {
         m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Serving)
             || m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)

@@ -35,9 +35,15 @@ use crate::cluster::Written;
 use crate::lifecycle::observe;
 use crate::resources::{MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, MODEL_UID_LABEL};
 
+/// Child names per model.
+type ChildNames = HashMap<ModelKey, BTreeSet<String>>;
+
+/// A relist in progress: the names it listed so far, and the models whose children changed.
+type Relist = (ChildNames, HashSet<ModelKey>);
+
 /// Names of one kind's children, per model.
 #[derive(Default)]
-struct KindIndex(RwLock<HashMap<ModelKey, BTreeSet<String>>>);
+struct KindIndex(RwLock<ChildNames>);
 
 impl KindIndex {
     fn names(&self, key: &ModelKey) -> Vec<String> {
@@ -61,7 +67,7 @@ impl KindIndex {
     }
 
     /// Replaces the whole index after a relist; returns the models whose children differ.
-    fn replace(&self, fresh: HashMap<ModelKey, BTreeSet<String>>) -> HashSet<ModelKey> {
+    fn replace(&self, fresh: ChildNames) -> HashSet<ModelKey> {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
         let mut changed: HashSet<ModelKey> = map
             .iter()
@@ -482,7 +488,7 @@ fn spawn_child_stream<K, S>(
     tokio::spawn(async move {
         hold_for_fault_injection(kind).await;
         futures::pin_mut!(stream);
-        let mut relist: Option<(HashMap<ModelKey, BTreeSet<String>>, HashSet<ModelKey>)> = None;
+        let mut relist: Option<Relist> = None;
         while let Some(item) = stream.next().await {
             let event = match item {
                 Ok(event) => event,
