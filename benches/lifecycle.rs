@@ -11,6 +11,9 @@
 //! creates per claim (the controller-manager's binder, at about 100 claims a minute, would
 //! otherwise be what is measured).
 //!
+//! `BENCH_BURST_ONLY=1` stops after the burst (no restart, no failover);
+//! `MLMODEL_OPERATOR_BIN=<path>` measures another build of the operator.
+//!
 //! Times are when this process observed each event through its own watches, so every figure
 //! includes the API server's watch delivery, as a user would see it.
 
@@ -482,6 +485,11 @@ async fn main() {
         "API requests per minute when idle (operator writes)",
         format!("{idle_per_minute:.0}"),
     );
+
+    if std::env::var_os("BENCH_BURST_ONLY").is_some() {
+        op.kill();
+        return;
+    }
 
     // 2. SIGKILL, then a new process.
     op.kill();

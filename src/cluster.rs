@@ -97,12 +97,19 @@ impl ClusterError {
 /// A client-side request rate limit: a token bucket of `burst` tokens refilled at `qps` per
 /// second, shared by every writer, so a failover with thousands of models does not flood the
 /// API server. (A 429 answer is retried by the client itself, after its `Retry-After`.)
+/// It also bounds the requests in flight: each one holds an HTTP/1.1 connection (and its TLS
+/// buffers), which the client's pool then keeps.
 #[derive(Debug)]
 pub struct RateLimiter {
     qps: f64,
     burst: f64,
     bucket: Mutex<(f64, Instant)>,
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// Requests in flight at once; beyond a few dozen, more connections add memory, not
+/// throughput.
+const MAX_IN_FLIGHT: usize = 32;
 
 impl RateLimiter {
     /// A limiter of `qps` requests per second with bursts of up to `burst`.
@@ -112,6 +119,7 @@ impl RateLimiter {
             qps: qps.max(0.001),
             burst,
             bucket: Mutex::new((burst, Instant::now())),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 
@@ -130,12 +138,13 @@ impl RateLimiter {
         }
     }
 
-    /// Waits for a token.
-    pub async fn acquire(&self) {
+    /// Waits for a token and a free slot; the request holds the slot until it is dropped.
+    pub async fn acquire(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
         let wait = self.reserve();
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        self.in_flight.acquire().await.ok()
     }
 }
 
@@ -150,6 +159,8 @@ pub enum Written {
     Deployment(DeploymentObs),
     /// The Service.
     Service(ServiceObs),
+    /// The model itself: its cleanup finalizer was added.
+    Finalizer,
 }
 
 /// What a write of a child returned: its name, resourceVersion and summary.
@@ -206,7 +217,7 @@ impl ModelWriter {
         what: impl Fn() -> String,
         request: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<Result<T, kube::Error>, ClusterError> {
-        self.limiter.acquire().await;
+        let _slot = self.limiter.acquire().await;
         let fenced = || ClusterError::Fenced { action: what() };
         match self.fence.remaining() {
             None => Ok(request.await),
@@ -357,7 +368,7 @@ impl ModelWriter {
     ) -> Result<Option<WriteOutcome>, ClusterError> {
         self.guard(|| format!("{action:?}").chars().take(80).collect())?;
         match action {
-            Action::AddFinalizer => self.add_finalizer(model).await.map(|()| None),
+            Action::AddFinalizer => self.add_finalizer(model).await,
             Action::RemoveFinalizer => self.remove_finalizer(model).await.map(|()| None),
             Action::ApplyPvc(o) => {
                 self.apply(model, "persistentvolumeclaim", o.as_ref(), exists, |p| {
@@ -399,13 +410,18 @@ impl ModelWriter {
         }
     }
 
-    async fn add_finalizer(&self, model: &MLModel) -> Result<(), ClusterError> {
+    async fn add_finalizer(&self, model: &MLModel) -> Result<Option<WriteOutcome>, ClusterError> {
         let mut finalizers = model.finalizers().to_vec();
         if finalizers.iter().any(|f| f == FINALIZER) {
-            return Ok(());
+            return Ok(None);
         }
         finalizers.push(FINALIZER.to_owned());
-        self.set_finalizers(model, finalizers, "add finalizer").await
+        let written = self.set_finalizers(model, finalizers, "add finalizer").await?;
+        Ok(written.map(|m| WriteOutcome {
+            name: m.name_any(),
+            resource_version: m.resource_version(),
+            written: Written::Finalizer,
+        }))
     }
 
     async fn remove_finalizer(&self, model: &MLModel) -> Result<(), ClusterError> {
@@ -413,10 +429,17 @@ impl ModelWriter {
         if finalizers.len() == model.finalizers().len() {
             return Ok(());
         }
-        self.set_finalizers(model, finalizers, "remove finalizer").await
+        self.set_finalizers(model, finalizers, "remove finalizer")
+            .await
+            .map(drop)
     }
 
-    async fn set_finalizers(&self, model: &MLModel, finalizers: Vec<String>, what: &str) -> Result<(), ClusterError> {
+    async fn set_finalizers(
+        &self,
+        model: &MLModel,
+        finalizers: Vec<String>,
+        what: &str,
+    ) -> Result<Option<MLModel>, ClusterError> {
         let name = model.name_any();
         // resourceVersion turns the merge patch into a compare-and-swap: a concurrent change to
         // the list fails with 409 and is retried from fresh state instead of being overwritten.
@@ -430,8 +453,8 @@ impl ModelWriter {
             .await?;
         self.record("patch", "mlmodel", &r);
         match r {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
+            Ok(patched) => Ok(Some(patched)),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(ClusterError::classify(format!("{what} on mlmodel/{name}"), e)),
         }
     }

@@ -155,6 +155,12 @@ impl Caches {
             Written::Job(_) => rv(&self.jobs, namespace, name),
             Written::Deployment(_) => rv(&self.deployments, namespace, name),
             Written::Service(_) => rv(&self.services, namespace, name),
+            Written::Finalizer => self
+                .model(&ModelKey {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })?
+                .resource_version(),
         }
     }
 

@@ -103,6 +103,7 @@ impl ModelState {
                     });
                 }
                 Written::Service(s) => observed.service = Some(s.clone()),
+                Written::Finalizer => {}
             }
         }
         observed.now = Timestamp::now();
@@ -231,6 +232,17 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
     }
     model.status = Some(status);
     let observed = state.observe();
+    // The finalizer just added, before the cache shows it: not added twice (a stale object's
+    // resourceVersion would only make the second attempt conflict).
+    if state.in_flight.iter().any(|(w, _)| w.written == Written::Finalizer)
+        && !model.finalizers().iter().any(|f| f == crate::api::FINALIZER)
+    {
+        model
+            .metadata
+            .finalizers
+            .get_or_insert_with(Vec::new)
+            .push(crate::api::FINALIZER.to_owned());
+    }
     let decision = lifecycle::decide(&model, &observed, &state.ctx.settings);
     let forced: Vec<String> = decision
         .actions
@@ -259,15 +271,18 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
                 .map(|a| state.writer.execute(&model, a, child_exists(&observed, a))),
         )
         .await;
+        let mut failed = None;
         for (action, result) in batch.into_iter().zip(results) {
             match result {
-                Err(error) => return handle_error(myself, state, &model, &observed, error).await,
+                // The writes that did succeed are remembered all the same.
+                Err(error) => failed = failed.or(Some(error)),
                 Ok(Some(written)) => state.in_flight.push((written, Instant::now())),
+                Ok(None) if matches!(action, Action::RemoveFinalizer) => state.trace.deletion_done(&model),
                 Ok(None) => {}
             }
-            if matches!(action, Action::RemoveFinalizer) {
-                state.trace.deletion_done(&model);
-            }
+        }
+        if let Some(error) = failed {
+            return handle_error(myself, state, &model, &observed, error).await;
         }
     }
     state.retries = 0;
