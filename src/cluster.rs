@@ -1,14 +1,18 @@
-//! Cluster I/O for the model actors: server-side apply of children with one field manager,
-//! deletes, finalizers, status writes through the status subresource, and Events.
+//! Cluster I/O for the model actors: children created (never adopted) and then kept by
+//! server-side apply with one field manager, deletes, finalizers, status writes through the
+//! status subresource, and Events. Every request waits for the client-side rate limit and ends
+//! with the leadership fence.
 
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Service};
-use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,6 +20,7 @@ use serde_json::json;
 
 use crate::api::{FINALIZER, MLModel, MLModelStatus};
 use crate::leader::Fence;
+use crate::lifecycle::observe::{self, DeploymentObs, JobObs, PvcObs, ServiceObs};
 use crate::lifecycle::{Action, ChildRef, EventNote};
 use crate::metrics::Metrics;
 
@@ -40,6 +45,16 @@ pub enum ClusterError {
         /// What was refused.
         action: String,
     },
+    /// An object with a child's name exists and this model does not own it: it is never
+    /// adopted.
+    #[error("{object} already exists and is not owned by this MLModel")]
+    Conflict {
+        /// `kind/name` of the object.
+        object: String,
+        /// Owned by an MLModel of the same name with another uid (a deleted model whose
+        /// children are being garbage-collected).
+        previous_owner: bool,
+    },
     /// The API server refused the object (422 Invalid, 400, 403): retrying will not help
     /// until the spec or the operator's permissions change.
     #[error("the API server rejected {action}: {message}")]
@@ -61,6 +76,7 @@ impl ClusterError {
             ClusterError::Rejected { code: 403, .. } => "forbidden",
             ClusterError::Rejected { .. } => "rejected",
             ClusterError::Fenced { .. } => "fenced",
+            ClusterError::Conflict { .. } => "conflict",
         }
     }
 
@@ -78,6 +94,86 @@ impl ClusterError {
     }
 }
 
+/// A client-side request rate limit: a token bucket of `burst` tokens refilled at `qps` per
+/// second, shared by every writer, so a failover with thousands of models does not flood the
+/// API server. (A 429 answer is retried by the client itself, after its `Retry-After`.)
+/// It also bounds the requests in flight: each one holds an HTTP/1.1 connection (and its TLS
+/// buffers), which the client's pool then keeps.
+#[derive(Debug)]
+pub struct RateLimiter {
+    qps: f64,
+    burst: f64,
+    bucket: Mutex<(f64, Instant)>,
+    in_flight: tokio::sync::Semaphore,
+}
+
+/// Requests in flight at once; beyond a few dozen, more connections add memory, not
+/// throughput.
+const MAX_IN_FLIGHT: usize = 32;
+
+impl RateLimiter {
+    /// A limiter of `qps` requests per second with bursts of up to `burst`.
+    pub fn new(qps: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            qps: qps.max(0.001),
+            burst,
+            bucket: Mutex::new((burst, Instant::now())),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+        }
+    }
+
+    /// How long the caller must wait before its request; takes its token.
+    fn reserve(&self) -> Duration {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, at) = &mut *bucket;
+        let now = Instant::now();
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.qps).min(self.burst);
+        *at = now;
+        *tokens -= 1.0;
+        if *tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-*tokens / self.qps)
+        }
+    }
+
+    /// Waits for a token and a free slot; the request holds the slot until it is dropped.
+    pub async fn acquire(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let wait = self.reserve();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        self.in_flight.acquire().await.ok()
+    }
+}
+
+/// A child as the API server returned it from a write, before the watch brings it back.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Written {
+    /// The claim.
+    Pvc(PvcObs),
+    /// A download Job.
+    Job(JobObs),
+    /// The serving Deployment.
+    Deployment(DeploymentObs),
+    /// The Service.
+    Service(ServiceObs),
+    /// The model itself: its cleanup finalizer was added.
+    Finalizer,
+}
+
+/// What a write of a child returned: its name, resourceVersion and summary.
+#[derive(Clone, Debug)]
+pub struct WriteOutcome {
+    /// Object name.
+    pub name: String,
+    /// Its resourceVersion after the write.
+    pub resource_version: Option<String>,
+    /// Its summary.
+    pub written: Written,
+}
+
 /// Writes on behalf of one model.
 #[derive(Clone)]
 pub struct ModelWriter {
@@ -86,6 +182,7 @@ pub struct ModelWriter {
     recorder: Recorder,
     metrics: Metrics,
     fence: Arc<Fence>,
+    limiter: Arc<RateLimiter>,
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
@@ -94,13 +191,38 @@ fn is_not_found(e: &kube::Error) -> bool {
 
 impl ModelWriter {
     /// A writer for models in `namespace`.
-    pub fn new(client: Client, namespace: &str, reporter: Reporter, metrics: Metrics, fence: Arc<Fence>) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        recorder: Recorder,
+        metrics: Metrics,
+        fence: Arc<Fence>,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder,
             client,
             namespace: namespace.to_owned(),
             metrics,
             fence,
+            limiter,
+        }
+    }
+
+    /// Sends one request: after the rate limit, refused unless this replica surely leads,
+    /// and cut off when the fence closes (a request still in flight then might land after a
+    /// new leader's).
+    async fn send<T>(
+        &self,
+        what: impl Fn() -> String,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, ClusterError> {
+        let _slot = self.limiter.acquire().await;
+        let fenced = || ClusterError::Fenced { action: what() };
+        match self.fence.remaining() {
+            None => Ok(request.await),
+            Some(left) if left.is_zero() => Err(fenced()),
+            Some(left) => tokio::time::timeout(left, request).await.map_err(|_| fenced()),
         }
     }
 
@@ -128,7 +250,16 @@ impl ModelWriter {
         self.metrics.api_request(verb, kind, outcome);
     }
 
-    async fn apply<K>(&self, kind: &'static str, obj: &K) -> Result<(), ClusterError>
+    /// Creates a child the caches do not show (`exists` false) and server-side applies one they
+    /// do. An object of that name this model does not own is never taken over.
+    async fn apply<K>(
+        &self,
+        model: &MLModel,
+        kind: &'static str,
+        obj: &K,
+        exists: bool,
+        summary: fn(&K) -> Option<Written>,
+    ) -> Result<Option<WriteOutcome>, ClusterError>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -137,11 +268,57 @@ impl ModelWriter {
             + Debug,
     {
         let name = obj.name_any();
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let r = self.api::<K>().patch(&name, &params, &Patch::Apply(obj)).await;
-        self.record("apply", kind, &r);
-        r.map(drop)
-            .map_err(|e| ClusterError::classify(format!("apply {kind}/{name}"), e))
+        let what = || format!("apply {kind}/{name}");
+        let api = self.api::<K>();
+        let written = if exists {
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let r = self.send(what, api.patch(&name, &params, &Patch::Apply(obj))).await?;
+            self.record("apply", kind, &r);
+            r.map_err(|e| ClusterError::classify(what(), e))?
+        } else {
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..Default::default()
+            };
+            let r = self.send(what, api.create(&params, obj)).await?;
+            self.record("create", kind, &r);
+            match r {
+                Ok(created) => created,
+                Err(kube::Error::Api(status)) if status.code == 409 => self.existing(model, kind, &name).await?,
+                Err(e) => return Err(ClusterError::classify(what(), e)),
+            }
+        };
+        Ok(summary(&written).map(|w| WriteOutcome {
+            name,
+            resource_version: written.resource_version(),
+            written: w,
+        }))
+    }
+
+    /// The object of a child's name that already exists: this model's own (not yet in the
+    /// caches), or a conflict.
+    async fn existing<K>(&self, model: &MLModel, kind: &'static str, name: &str) -> Result<K, ClusterError>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    {
+        let what = || format!("read {kind}/{name}");
+        let r = self.send(what, self.api::<K>().get(name)).await?;
+        self.record("get", kind, &r);
+        let existing = r.map_err(|e| ClusterError::classify(what(), e))?;
+        let owner = existing
+            .meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true));
+        match owner {
+            Some(o) if Some(&o.uid) == model.metadata.uid.as_ref() => Ok(existing),
+            owner => Err(ClusterError::Conflict {
+                object: format!("{kind}/{name}"),
+                previous_owner: owner
+                    .is_some_and(|o| o.kind == "MLModel" && Some(&o.name) == model.metadata.name.as_ref()),
+            }),
+        }
     }
 
     async fn delete<K>(&self, kind: &'static str, name: &str, force: bool) -> Result<(), ClusterError>
@@ -152,7 +329,12 @@ impl ModelWriter {
         if force {
             // A stuck child is usually held by a finalizer; drop them so deletion completes.
             let patch = json!({"metadata": {"finalizers": null}});
-            let r = api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+            let r = self
+                .send(
+                    || format!("remove finalizers of {kind}/{name}"),
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+                )
+                .await?;
             self.record("patch", kind, &r);
             if let Err(e) = r
                 && !is_not_found(&e)
@@ -165,7 +347,9 @@ impl ModelWriter {
             grace_period_seconds: force.then_some(0),
             ..Default::default()
         };
-        let r = api.delete(name, &params).await;
+        let r = self
+            .send(|| format!("delete {kind}/{name}"), api.delete(name, &params))
+            .await?;
         self.record("delete", kind, &r);
         match r {
             Ok(_) => Ok(()),
@@ -174,21 +358,42 @@ impl ModelWriter {
         }
     }
 
-    /// Carries out one action of the lifecycle core.
-    pub async fn execute(&self, model: &MLModel, action: &Action) -> Result<(), ClusterError> {
+    /// Carries out one action of the lifecycle core; `exists` says whether the caches show
+    /// the child it applies. Returns what a write of a child returned.
+    pub async fn execute(
+        &self,
+        model: &MLModel,
+        action: &Action,
+        exists: bool,
+    ) -> Result<Option<WriteOutcome>, ClusterError> {
         self.guard(|| format!("{action:?}").chars().take(80).collect())?;
         match action {
             Action::AddFinalizer => self.add_finalizer(model).await,
-            Action::RemoveFinalizer => self.remove_finalizer(model).await,
+            Action::RemoveFinalizer => self.remove_finalizer(model).await.map(|()| None),
             Action::ApplyPvc(o) => {
-                self.apply::<PersistentVolumeClaim>("persistentvolumeclaim", o.as_ref())
+                self.apply(model, "persistentvolumeclaim", o.as_ref(), exists, |p| {
+                    Some(Written::Pvc(observe::pvc(p)))
+                })
+                .await
+            }
+            Action::ApplyJob(o) => {
+                self.apply(model, "job", o.as_ref(), exists, |j| observe::job(j).map(Written::Job))
                     .await
             }
-            Action::ApplyJob(o) => self.apply::<Job>("job", o.as_ref()).await,
-            Action::ApplyDeployment(o) => self.apply::<Deployment>("deployment", o.as_ref()).await,
-            Action::ApplyService(o) => self.apply::<Service>("service", o.as_ref()).await,
-            Action::Delete(child) => self.delete_child(child, false).await,
-            Action::ForceDelete(child) => self.delete_child(child, true).await,
+            Action::ApplyDeployment(o) => {
+                self.apply(model, "deployment", o.as_ref(), exists, |d| {
+                    Some(Written::Deployment(observe::deployment(d)))
+                })
+                .await
+            }
+            Action::ApplyService(o) => {
+                self.apply(model, "service", o.as_ref(), exists, |s| {
+                    Some(Written::Service(observe::service(s)))
+                })
+                .await
+            }
+            Action::Delete(child) => self.delete_child(child, false).await.map(|()| None),
+            Action::ForceDelete(child) => self.delete_child(child, true).await.map(|()| None),
         }
     }
 
@@ -205,13 +410,18 @@ impl ModelWriter {
         }
     }
 
-    async fn add_finalizer(&self, model: &MLModel) -> Result<(), ClusterError> {
+    async fn add_finalizer(&self, model: &MLModel) -> Result<Option<WriteOutcome>, ClusterError> {
         let mut finalizers = model.finalizers().to_vec();
         if finalizers.iter().any(|f| f == FINALIZER) {
-            return Ok(());
+            return Ok(None);
         }
         finalizers.push(FINALIZER.to_owned());
-        self.set_finalizers(model, finalizers, "add finalizer").await
+        let written = self.set_finalizers(model, finalizers, "add finalizer").await?;
+        Ok(written.map(|m| WriteOutcome {
+            name: m.name_any(),
+            resource_version: m.resource_version(),
+            written: Written::Finalizer,
+        }))
     }
 
     async fn remove_finalizer(&self, model: &MLModel) -> Result<(), ClusterError> {
@@ -219,22 +429,32 @@ impl ModelWriter {
         if finalizers.len() == model.finalizers().len() {
             return Ok(());
         }
-        self.set_finalizers(model, finalizers, "remove finalizer").await
+        self.set_finalizers(model, finalizers, "remove finalizer")
+            .await
+            .map(drop)
     }
 
-    async fn set_finalizers(&self, model: &MLModel, finalizers: Vec<String>, what: &str) -> Result<(), ClusterError> {
+    async fn set_finalizers(
+        &self,
+        model: &MLModel,
+        finalizers: Vec<String>,
+        what: &str,
+    ) -> Result<Option<MLModel>, ClusterError> {
         let name = model.name_any();
         // resourceVersion turns the merge patch into a compare-and-swap: a concurrent change to
         // the list fails with 409 and is retried from fresh state instead of being overwritten.
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": model.resource_version()}});
+        let api = self.api::<MLModel>();
         let r = self
-            .api::<MLModel>()
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
+            .send(
+                || format!("{what} on mlmodel/{name}"),
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await?;
         self.record("patch", "mlmodel", &r);
         match r {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
+            Ok(patched) => Ok(Some(patched)),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(ClusterError::classify(format!("{what} on mlmodel/{name}"), e)),
         }
     }
@@ -250,10 +470,13 @@ impl ModelWriter {
             "status": status,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        let api = self.api::<MLModel>();
         let r = self
-            .api::<MLModel>()
-            .patch_status(&name, &params, &Patch::Apply(&body))
-            .await;
+            .send(
+                || format!("write status of mlmodel/{name}"),
+                api.patch_status(&name, &params, &Patch::Apply(&body)),
+            )
+            .await?;
         self.record("patch_status", "mlmodel", &r);
         match r {
             Ok(_) => Ok(()),
@@ -270,9 +493,12 @@ impl ModelWriter {
         let patch = json!({"status": {"phase": "Failed", "message": message}});
         let ar = kube::api::ApiResource::erase::<MLModel>(&());
         let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), &self.namespace, &ar);
-        let r = api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
+        let r = self
+            .send(
+                || format!("write status of mlmodel/{name}"),
+                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await?;
         self.record("patch_status", "mlmodel", &r);
         r.map(drop)
             .map_err(|e| ClusterError::classify(format!("write status of mlmodel/{name}"), e))
@@ -295,8 +521,33 @@ impl ModelWriter {
             secondary: None,
         };
         let reference: ObjectReference = model.object_ref(&());
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, reason = %note.reason, "could not record Event");
+        match self
+            .send(|| "record Event".to_owned(), self.recorder.publish(&event, &reference))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, reason = %note.reason, "could not record Event"),
+            Err(e) => tracing::debug!(error = %e, reason = %note.reason, "Event not recorded"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_paces_requests() {
+        let limiter = RateLimiter::new(10.0, 3);
+        for _ in 0..3 {
+            assert_eq!(limiter.reserve(), Duration::ZERO, "within the burst");
+        }
+        let wait = limiter.reserve();
+        assert!(
+            wait > Duration::from_millis(50) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        let next = limiter.reserve();
+        assert!(next > wait, "each request past the burst waits its turn: {next:?}");
     }
 }

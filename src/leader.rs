@@ -1,8 +1,10 @@
 //! Leader election over a `coordination.k8s.io/v1` Lease, with fencing.
 //!
 //! The holder renews every `retry_period`. A standby takes the lease only after it has seen the
-//! same holder and renew time for longer than `lease_duration` by its own clock, so clocks of
-//! different nodes never need to agree. The holder stops acting (and the [`Fence`] refuses
+//! same holder and renew time for longer than the Lease record's own `leaseDurationSeconds`
+//! (the holder's setting, not the standby's) by its own clock, so clocks of different nodes
+//! never need to agree. A standby watches the Lease: a released lease is taken at once, and an
+//! abandoned one as soon as its duration has passed, not at the next retry. The holder stops acting (and the [`Fence`] refuses
 //! every write) once its last successful renewal is older than `renew_deadline`, which is
 //! strictly shorter than `lease_duration`: a leader that was paused or partitioned has stopped
 //! writing before anyone else can take over.
@@ -10,16 +12,18 @@
 //! The algorithm is client-go's, written out here because the fence must be checked on every
 //! write of the model actors, which none of the crates available exposes.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use tokio::sync::watch;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{Notify, watch};
 
 /// Lease timings and identity.
 #[derive(Clone, Debug)]
@@ -76,6 +80,20 @@ impl Fence {
         self.leading.load(Ordering::SeqCst) && renewed.is_some_and(|t| t.elapsed() < self.renew_deadline)
     }
 
+    /// How long writes stay allowed: `None` without leader election, zero when this replica
+    /// may not write. A write still in flight when this ends is cut off.
+    pub fn remaining(&self) -> Option<Duration> {
+        if self.always {
+            return None;
+        }
+        let renewed = self.renewed_at.lock().map(|r| *r).unwrap_or(None);
+        let left = match renewed {
+            Some(t) if self.leading.load(Ordering::SeqCst) => self.renew_deadline.saturating_sub(t.elapsed()),
+            _ => Duration::ZERO,
+        };
+        Some(left)
+    }
+
     fn renewed(&self, at: Instant) {
         if let Ok(mut r) = self.renewed_at.lock() {
             *r = Some(at);
@@ -92,31 +110,40 @@ impl Fence {
 pub struct LeaderElector {
     api: Api<Lease>,
     settings: LeaseSettings,
-    fence: std::sync::Arc<Fence>,
+    fence: Arc<Fence>,
     /// (holder, renew time) last seen and when this replica first saw it.
     observed: Option<(Option<String>, Option<Timestamp>, Instant)>,
+    /// When the lease held by another replica expires, by this replica's clock.
+    expires: Option<Instant>,
 }
 
 impl LeaderElector {
     /// An elector for `settings`; its fence guards the operator's writes.
     pub fn new(client: Client, settings: LeaseSettings) -> Self {
-        let fence = std::sync::Arc::new(Fence::new(settings.renew_deadline));
+        let fence = Arc::new(Fence::new(settings.renew_deadline));
         Self {
             api: Api::namespaced(client, &settings.namespace),
             settings,
             fence,
             observed: None,
+            expires: None,
         }
     }
 
     /// The write fence.
-    pub fn fence(&self) -> std::sync::Arc<Fence> {
+    pub fn fence(&self) -> Arc<Fence> {
         self.fence.clone()
     }
 
     /// Tries to acquire or renew until `stop` turns true; publishes leadership on `leading`.
-    /// On stop, a held lease is released so a standby takes over at its next retry.
+    /// On stop, a held lease is released so a standby takes over at once.
     pub async fn run(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+        let changed = Arc::new(Notify::new());
+        let lease_watch = tokio::spawn(watch_lease(
+            self.api.clone(),
+            self.settings.name.clone(),
+            changed.clone(),
+        ));
         loop {
             let attempt_started = Instant::now();
             match self.try_acquire_or_renew().await {
@@ -135,11 +162,22 @@ impl LeaderElector {
                 self.fence.lost();
                 let _ = leading.send(false);
             }
+            // A standby tries again when the lease changes (released, or taken) or just after
+            // it expires, whichever comes first; the holder renews every retry period.
+            let mut wait = self.settings.retry_period;
+            if !*leading.borrow()
+                && let Some(expires) = self.expires
+            {
+                wait = wait.min(expires.saturating_duration_since(Instant::now()) + Duration::from_millis(20));
+            }
+            let leader = *leading.borrow();
             tokio::select! {
-                _ = tokio::time::sleep(self.settings.retry_period) => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = changed.notified(), if !leader => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
+        lease_watch.abort();
         if *leading.borrow() {
             self.fence.lost();
             let _ = leading.send(false);
@@ -153,7 +191,7 @@ impl LeaderElector {
     async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
         let me = self.settings.identity.clone();
-        let duration = i32::try_from(self.settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
+        let own_duration = i32::try_from(self.settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -162,7 +200,7 @@ impl LeaderElector {
                 },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(me),
-                    lease_duration_seconds: Some(duration),
+                    lease_duration_seconds: Some(own_duration),
                     acquire_time: Some(MicroTime(now)),
                     renew_time: Some(MicroTime(now)),
                     lease_transitions: Some(0),
@@ -185,7 +223,13 @@ impl LeaderElector {
         };
         self.observed = Some((seen.0, seen.1, first_seen));
         let held_by_me = holder.as_deref() == Some(me.as_str());
-        let expired = holder.is_none() || first_seen.elapsed() > self.settings.lease_duration;
+        // The holder's own duration decides, whatever this replica was configured with.
+        let duration = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(self.settings.lease_duration, Duration::from_secs);
+        let expired = holder.is_none() || first_seen.elapsed() > duration;
+        self.expires = (!held_by_me && holder.is_some()).then(|| first_seen + duration);
         if !held_by_me && !expired {
             return Ok(false);
         }
@@ -194,7 +238,7 @@ impl LeaderElector {
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
         }
         spec.holder_identity = Some(me);
-        spec.lease_duration_seconds = Some(duration);
+        spec.lease_duration_seconds = Some(own_duration);
         spec.renew_time = Some(MicroTime(now));
         // Replace carries the resourceVersion: a concurrent writer makes this fail with 409.
         match self
@@ -208,6 +252,7 @@ impl LeaderElector {
         }
     }
 
+    /// Releases the lease: no holder, so a standby takes it at once.
     async fn release(&self) -> Result<(), kube::Error> {
         let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
             return Ok(());
@@ -223,5 +268,44 @@ impl LeaderElector {
             .replace(&self.settings.name, &PostParams::default(), &lease)
             .await
             .map(drop)
+    }
+}
+
+/// Notifies `changed` on every change of the Lease `name` (the watch restarts by itself).
+async fn watch_lease(api: Api<Lease>, name: String, changed: Arc<Notify>) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => changed.notify_one(),
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "lease watch error; retrying"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_allowed_only_until_the_renew_deadline() {
+        assert_eq!(Fence::open().remaining(), None, "no leader election: no deadline");
+        let fence = Fence::new(Duration::from_secs(10));
+        assert_eq!(fence.remaining(), Some(Duration::ZERO), "not leading yet");
+        fence.renewed(Instant::now());
+        let left = fence.remaining().unwrap_or_default();
+        assert!(
+            left > Duration::from_secs(9) && left <= Duration::from_secs(10),
+            "{left:?}"
+        );
+        if let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(11)) {
+            fence.renewed(long_ago);
+            assert_eq!(fence.remaining(), Some(Duration::ZERO), "the renewal is too old");
+            assert!(!fence.may_write());
+        }
+        fence.renewed(Instant::now());
+        fence.lost();
+        assert_eq!(fence.remaining(), Some(Duration::ZERO), "leadership lost");
     }
 }

@@ -111,6 +111,19 @@ struct RunArgs {
     /// Seconds a graceful shutdown may take.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20)]
     shutdown_timeout_seconds: u64,
+
+    /// Seconds between two reconciles of a model that nothing woke (jittered ±10%): the
+    /// safety net for a missed event.
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
+
+    /// Client-side rate limit of the operator's API writes, in requests per second.
+    #[arg(long, env = "API_QPS", default_value_t = 200.0)]
+    api_qps: f64,
+
+    /// Writes allowed in a burst above --api-qps.
+    #[arg(long, env = "API_BURST", default_value_t = 400)]
+    api_burst: u32,
 }
 
 impl RunArgs {
@@ -146,12 +159,17 @@ impl RunArgs {
             supervision: SupervisionSettings {
                 max_restarts: self.max_actor_restarts,
                 restart_window: Duration::from_secs(self.actor_restart_window_seconds),
+                resync_period: Duration::from_secs(self.resync_seconds.max(1)),
+                // Half the shutdown: the rest is for releasing the lease and the exporters.
+                stop_timeout: Duration::from_secs(self.shutdown_timeout_seconds) / 2,
                 ..Default::default()
             },
             lease,
             metrics_addr: self.metrics_addr,
             identity,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
+            api_qps: self.api_qps,
+            api_burst: self.api_burst,
         })
     }
 }

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::Reporter;
+use kube::runtime::events::{Recorder, Reporter};
 use ractor::Actor;
 use tokio::sync::watch;
 
+use crate::actors::messages::SupervisorMsg;
 use crate::actors::supervisor::ModelSupervisor;
 use crate::actors::{Context, SupervisionSettings, dispatcher};
+use crate::cluster::RateLimiter;
 use crate::leader::{Fence, LeaderElector, LeaseSettings};
 use crate::lifecycle::Settings;
 use crate::metrics::{self, Metrics};
@@ -31,6 +33,10 @@ pub struct RunSettings {
     pub identity: String,
     /// Upper bound of a graceful shutdown.
     pub shutdown_timeout: Duration,
+    /// Client-side rate limit of the operator's writes, in requests per second.
+    pub api_qps: f64,
+    /// Requests allowed in a burst above `api_qps`.
+    pub api_burst: u32,
 }
 
 /// Errors that stop the operator.
@@ -85,16 +91,20 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
     metrics.set_leader(settings.lease.is_none());
 
     let ctx = Arc::new(Context {
-        client,
         caches,
         settings: settings.lifecycle.clone(),
         supervision: settings.supervision.clone(),
         metrics: metrics.clone(),
-        reporter: Reporter {
-            controller: "mlmodel-operator".into(),
-            instance: Some(settings.identity.clone()),
-        },
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "mlmodel-operator".into(),
+                instance: Some(settings.identity.clone()),
+            },
+        ),
+        client,
         fence,
+        limiter: Arc::new(RateLimiter::new(settings.api_qps, settings.api_burst)),
     });
 
     // Standbys keep their caches warm; only once synced is a replica ready (and able to lead).
@@ -111,7 +121,10 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
                 let (actor, handle) = Actor::spawn(None, ModelSupervisor, ctx.clone())
                     .await
                     .map_err(|e| RunError::Supervisor(e.to_string()))?;
+                // The route first, then the actors: an event from now on waits in the
+                // supervisor's mailbox, and `Sync` starts an actor for every cached model.
                 let _ = route_tx.send(Some(actor.clone()));
+                let _ = actor.cast(SupervisorMsg::Sync);
                 metrics.set_leader(true);
                 tracing::info!("leading: supervising every model");
                 supervisor = Some((actor, handle));
@@ -120,7 +133,10 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
                 let _ = route_tx.send(None);
                 metrics.set_leader(false);
                 actor.stop(Some("leadership lost".into()));
-                let _ = handle.await;
+                // Bounded: the supervisor awaits its actors for at most the stop timeout.
+                if tokio::time::timeout(settings.shutdown_timeout, handle).await.is_err() {
+                    tracing::error!("model actors did not stop in time after leadership was lost");
+                }
                 tracing::warn!("no longer leading: every model actor stopped");
             }
             (_, current) => supervisor = current,

@@ -29,6 +29,9 @@ pub const MANAGED_BY: &str = "mlmodel-operator";
 pub const MODEL_LABEL: &str = "mlmodel.oda.tmforum.org/name";
 /// Label with the artifact version (a model generation) a Job or serving pod works on.
 pub const VERSION_LABEL: &str = "mlmodel.oda.tmforum.org/version";
+/// Label on the pods of a model's Job and Deployment: the uid of the MLModel they serve, so
+/// pods of a deleted model never count for a re-created one of the same name.
+pub const MODEL_UID_LABEL: &str = "mlmodel.oda.tmforum.org/uid";
 /// Label telling the download pods from the serving pods.
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// Annotation with a digest of the desired object a child was applied from; a differing digest
@@ -245,6 +248,15 @@ pub fn labels(model: &MLModel, component: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The labels of the pods of `model`'s Jobs and Deployment: the children's labels and the
+/// model's uid.
+fn pod_template_labels(model: &MLModel, mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    if let Some(uid) = &model.metadata.uid {
+        labels.insert(MODEL_UID_LABEL.to_owned(), uid.clone());
+    }
+    labels
+}
+
 fn owner_reference(model: &MLModel) -> Option<OwnerReference> {
     model.controller_owner_ref(&())
 }
@@ -403,7 +415,7 @@ pub fn download_job(model: &MLModel, version: i64, settings: &BuildSettings, ctx
             active_deadline_seconds: Some(timeout * 2 + 120),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels),
+                    labels: Some(pod_template_labels(model, labels)),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -515,7 +527,7 @@ pub fn serving_deployment(model: &MLModel, version: i64) -> Deployment {
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
+                    labels: Some(pod_template_labels(model, pod_labels)),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {

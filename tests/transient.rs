@@ -6,58 +6,11 @@
 mod operator;
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mlmodel_operator::api::{MLModel, Phase};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Kills the API server, keeps it down for `outage`, and starts it again with the same
-/// command line, recording the new pid where `cluster.sh down` finds it.
-fn restart_apiserver(state_dir: &Path, outage: Duration) {
-    let pidfile = state_dir.join("pids/kube-apiserver.pid");
-    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let argv: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let start = Instant::now();
-    while alive(pid) {
-        assert!(start.elapsed() < Duration::from_secs(10), "the API server did not die");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(outage);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(state_dir.join("logs/kube-apiserver.log"))
-        .unwrap();
-    // The cluster's own `down` stops the new API server (by the pid recorded below), as it did
-    // the first one; this process never waits for it.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new("setsid")
-        .args(&argv)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    std::fs::write(&pidfile, child.id().to_string()).unwrap();
-}
 
 #[tokio::test]
 async fn an_api_outage_is_retried_and_never_fails_a_model_by_itself() {
@@ -77,7 +30,7 @@ async fn an_api_outage_is_retried_and_never_fails_a_model_by_itself() {
     .await;
 
     // The grace period ends while the API server is down: the status write fails.
-    restart_apiserver(&cluster.state_dir, Duration::from_secs(8));
+    support::restart_apiserver(&cluster.state_dir, Duration::from_secs(8));
     let client = ns.client.clone();
     support::poll_until("the API server is back", TIMEOUT, || async {
         kube::Api::<MLModel>::namespaced(client.clone(), &ns.name)

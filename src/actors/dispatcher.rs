@@ -1,42 +1,93 @@
-//! One watch stream per kind for the whole operator. Each stream feeds a cache (so a model
-//! actor that starts can read its model's current state) and routes every event, as a
-//! message, to the supervisor, which hands it to the actor of the model it belongs to.
+//! One watch stream per kind for the whole operator. Each stream feeds a cache and an index
+//! from model to children, and wakes the model an event concerns. The caches are the one source
+//! of truth: a model actor rebuilds what it observes from them ([`Caches::observed`]) on every
+//! reconcile, so a message carries nothing but "look again".
+//!
+//! A relist (410 Gone, an API server restart, a long disconnect) replaces a cache without a
+//! Delete event for objects deleted in the gap; the index is replaced with it, and every model
+//! whose children differ afterwards is woken.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
-use kube::api::{ApiResource, DynamicObject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Api, Client, Resource, ResourceExt};
 use ractor::ActorRef;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::ModelKey;
-use super::supervisor::SupervisorMsg;
+use super::messages::SupervisorMsg;
 use crate::api::MLModel;
+use crate::cluster::Written;
 use crate::lifecycle::observe;
-use crate::resources::{MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL};
+use crate::resources::{MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, MODEL_UID_LABEL};
 
-/// A change to one child of a model, already summarised.
-#[derive(Clone, Debug)]
-pub enum ChildUpdate {
-    /// The PVC changed or (None) is gone.
-    Pvc(Option<observe::PvcObs>),
-    /// A download Job changed or is gone.
-    Job(String, Option<observe::JobObs>),
-    /// A pod changed or is gone.
-    Pod(String, Option<Box<observe::PodObs>>),
-    /// The Deployment changed or is gone.
-    Deployment(Option<observe::DeploymentObs>),
-    /// The Service changed or is gone.
-    Service(Option<observe::ServiceObs>),
+/// Child names per model.
+type ChildNames = HashMap<ModelKey, BTreeSet<String>>;
+
+/// A relist in progress: the names it listed so far, and the models whose children changed.
+type Relist = (ChildNames, HashSet<ModelKey>);
+
+/// Names of one kind's children, per model.
+#[derive(Default)]
+struct KindIndex(RwLock<ChildNames>);
+
+impl KindIndex {
+    fn names(&self, key: &ModelKey) -> Vec<String> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(key).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn insert(&self, key: ModelKey, name: String) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(key).or_default().insert(name);
+    }
+
+    fn remove(&self, key: &ModelKey, name: &str) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(names) = map.get_mut(key) {
+            names.remove(name);
+            if names.is_empty() {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// Replaces the whole index after a relist; returns the models whose children differ.
+    fn replace(&self, fresh: ChildNames) -> HashSet<ModelKey> {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut changed: HashSet<ModelKey> = map
+            .iter()
+            .filter(|(k, names)| fresh.get(*k) != Some(*names))
+            .map(|(k, _)| k.clone())
+            .collect();
+        changed.extend(fresh.keys().filter(|k| !map.contains_key(*k)).cloned());
+        *map = fresh;
+        changed
+    }
+}
+
+/// The index from model (namespace, name) to its children, one per kind.
+#[derive(Default)]
+struct Index {
+    pvcs: KindIndex,
+    jobs: KindIndex,
+    pods: KindIndex,
+    deployments: KindIndex,
+    services: KindIndex,
 }
 
 /// The caches behind the watch streams. Cheap to clone.
@@ -44,16 +95,42 @@ pub enum ChildUpdate {
 pub struct Caches {
     /// MLModels, kept untyped so one malformed object cannot break the stream for the others.
     pub models: Store<DynamicObject>,
-    /// The operator's PVCs.
+    /// The operator's PVCs (spec dropped).
     pub pvcs: Store<PersistentVolumeClaim>,
-    /// The operator's Jobs.
+    /// The operator's Jobs (spec dropped).
     pub jobs: Store<Job>,
-    /// The operator's pods.
+    /// The operator's pods (spec and what no decision reads dropped).
     pub pods: Store<Pod>,
-    /// The operator's Deployments.
+    /// The operator's Deployments (pod template reduced to its labels).
     pub deployments: Store<Deployment>,
-    /// The operator's Services.
-    pub services: Store<Service>,
+    /// The operator's Services: metadata only.
+    pub services: Store<PartialObjectMeta<Service>>,
+    index: Arc<Index>,
+}
+
+/// Who owns a child, as seen from one model.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    /// The model itself (this uid).
+    This,
+    /// An MLModel of the same name with another uid: a deleted model whose children are
+    /// being garbage-collected.
+    Previous,
+    /// Anything else.
+    Foreign,
+}
+
+fn owner_of(meta: &ObjectMeta, key: &ModelKey, uid: &str) -> Owner {
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    match controller {
+        Some(o) if o.uid == uid => Owner::This,
+        Some(o) if o.kind == "MLModel" && o.name == key.name => Owner::Previous,
+        _ => Owner::Foreign,
+    }
 }
 
 impl Caches {
@@ -64,154 +141,229 @@ impl Caches {
             .get(&ObjectRef::new_with(&key.name, ar).within(&key.namespace))
     }
 
-    /// Everything cached about `key`'s children, as the lifecycle core sees it.
-    pub fn observed(&self, key: &ModelKey) -> observe::Observed {
-        let ours = |labels: &std::collections::BTreeMap<String, String>| {
-            labels.get(MODEL_LABEL).map(String::as_str) == Some(key.name.as_str())
-        };
-        observe::Observed {
-            pvc: self
-                .pvcs
-                .get(&obj_ref(crate::resources::pvc_name(&key.name), key))
-                .map(|p| observe::pvc(&p)),
-            jobs: self
-                .jobs
-                .state_filter(|j| j.namespace().as_deref() == Some(&key.namespace) && ours(j.labels()))
-                .iter()
-                .filter_map(|j| observe::job(j))
-                .collect(),
-            pods: self
-                .pods
-                .state_filter(|p| p.namespace().as_deref() == Some(&key.namespace) && ours(p.labels()))
-                .iter()
-                .map(|p| observe::pod(p))
-                .collect(),
-            deployment: self
-                .deployments
-                .get(&obj_ref(crate::resources::deployment_name(&key.name), key))
-                .map(|d| observe::deployment(&d)),
-            service: self
-                .services
-                .get(&obj_ref(crate::resources::service_name(&key.name), key))
-                .map(|s| observe::service(&s)),
-            now: k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    /// The resourceVersion the caches hold for the child `written` names.
+    pub fn resource_version(&self, written: &Written, namespace: &str, name: &str) -> Option<String> {
+        fn rv<K: Resource<DynamicType = ()> + Clone + 'static>(
+            store: &Store<K>,
+            ns: &str,
+            name: &str,
+        ) -> Option<String> {
+            store.get(&ObjectRef::new(name).within(ns))?.resource_version()
         }
+        match written {
+            Written::Pvc(_) => rv(&self.pvcs, namespace, name),
+            Written::Job(_) => rv(&self.jobs, namespace, name),
+            Written::Deployment(_) => rv(&self.deployments, namespace, name),
+            Written::Service(_) => rv(&self.services, namespace, name),
+            Written::Finalizer => self
+                .model(&ModelKey {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })?
+                .resource_version(),
+        }
+    }
+
+    /// What the caches show of the children of model `key` with `uid`, as the lifecycle core
+    /// sees it. Read through the index: the cost is that of the model's own children.
+    pub fn observed(&self, key: &ModelKey, uid: &str) -> observe::Observed {
+        let mut observed = observe::Observed::default();
+        let mut sort = |meta: &ObjectMeta, kind: &str| -> bool {
+            match owner_of(meta, key, uid) {
+                Owner::This => true,
+                Owner::Previous => {
+                    observed
+                        .previous_owner
+                        .push(format!("{kind}/{}", meta.name.as_deref().unwrap_or_default()));
+                    false
+                }
+                Owner::Foreign => {
+                    observed
+                        .foreign
+                        .push(format!("{kind}/{}", meta.name.as_deref().unwrap_or_default()));
+                    false
+                }
+            }
+        };
+        let mut pvc = None;
+        for p in lookup(&self.pvcs, &self.index.pvcs, key) {
+            if sort(&p.metadata, "persistentvolumeclaim") && p.name_any() == crate::resources::pvc_name(&key.name) {
+                pvc = Some(observe::pvc(&p));
+            }
+        }
+        let mut jobs = Vec::new();
+        for j in lookup(&self.jobs, &self.index.jobs, key) {
+            if sort(&j.metadata, "job") {
+                jobs.extend(observe::job(&j));
+            }
+        }
+        let mut deployment = None;
+        for d in lookup(&self.deployments, &self.index.deployments, key) {
+            if sort(&d.metadata, "deployment") && d.name_any() == crate::resources::deployment_name(&key.name) {
+                deployment = Some(observe::deployment(&d));
+            }
+        }
+        let mut service = None;
+        for s in lookup(&self.services, &self.index.services, key) {
+            if sort(&s.metadata, "service") && s.name_any() == crate::resources::service_name(&key.name) {
+                service = Some(observe::service(s.as_ref()));
+            }
+        }
+        // Pods belong to a Job or a ReplicaSet; the uid label says which model they serve.
+        // Pods of a previous model are gone with its Jobs and Deployment, never waited for.
+        let pods = lookup(&self.pods, &self.index.pods, key)
+            .filter(|p| p.labels().get(MODEL_UID_LABEL).is_none_or(|u| u == uid))
+            .map(|p| observe::pod(&p))
+            .collect::<Vec<_>>();
+        observed.pvc = pvc;
+        observed.jobs = jobs;
+        observed.jobs.sort_by_key(|j| j.version);
+        observed.pods = pods;
+        observed.pods.sort_by(|a, b| a.name.cmp(&b.name));
+        observed.deployment = deployment;
+        observed.service = service;
+        observed
     }
 }
 
-fn obj_ref<K: Resource<DynamicType = ()>>(name: String, key: &ModelKey) -> ObjectRef<K> {
-    ObjectRef::new(&name).within(&key.namespace)
+fn lookup<'a, K>(store: &'a Store<K>, index: &KindIndex, key: &'a ModelKey) -> impl Iterator<Item = Arc<K>> + 'a
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    index
+        .names(key)
+        .into_iter()
+        .filter_map(move |name| store.get(&ObjectRef::new(&name).within(&key.namespace)))
 }
 
-/// Tracks which watches have listed everything once.
+/// Tracks which streams have listed everything once: ready when every one of them has, and
+/// never because one stream relisted twice.
 #[derive(Clone)]
 pub struct Readiness {
-    synced: Arc<AtomicUsize>,
-    total: usize,
+    listed: Arc<[AtomicBool]>,
     tx: Arc<watch::Sender<bool>>,
 }
 
 impl Readiness {
-    fn new(total: usize) -> (Self, watch::Receiver<bool>) {
+    fn new(streams: usize) -> (Self, watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(false);
+        let listed: Vec<AtomicBool> = (0..streams).map(|_| AtomicBool::new(false)).collect();
         (
             Self {
-                synced: Arc::new(AtomicUsize::new(0)),
-                total,
+                listed: listed.into(),
                 tx: Arc::new(tx),
             },
             rx,
         )
     }
 
-    fn one_synced(&self) {
-        if self.synced.fetch_add(1, Ordering::SeqCst) + 1 == self.total {
+    fn listed(&self, stream: usize) {
+        if let Some(flag) = self.listed.get(stream) {
+            flag.store(true, Ordering::SeqCst);
+        }
+        if self.listed.iter().all(|f| f.load(Ordering::SeqCst)) {
             let _ = self.tx.send(true);
         }
     }
 }
 
-/// Where routed events go: the supervisor while this replica leads, nowhere otherwise.
+/// Where wake-ups go: the supervisor while this replica leads, nowhere otherwise (a new
+/// leader's supervisor rebuilds every model from the caches).
 pub type Route = watch::Receiver<Option<ActorRef<SupervisorMsg>>>;
+
+fn send(route: &Route, message: SupervisorMsg) {
+    let supervisor = route.borrow().clone();
+    if let Some(supervisor) = supervisor {
+        // A stopped supervisor means leadership was lost; the next one reads the caches.
+        let _ = supervisor.cast(message);
+    }
+}
+
+/// The kinds the operator watches, in the order of their readiness flags.
+const STREAMS: [&str; 6] = [
+    "MLModel",
+    "PersistentVolumeClaim",
+    "Job",
+    "Pod",
+    "Deployment",
+    "Service",
+];
 
 /// Starts the six watch streams. Returns the caches and a receiver that turns true once every
 /// stream has listed its objects. The streams run until the process ends.
 pub fn start(client: Client, route: Route) -> (Caches, watch::Receiver<bool>) {
-    let (ready, ready_rx) = Readiness::new(6);
+    let (ready, ready_rx) = Readiness::new(STREAMS.len());
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     let children = watcher::Config::default().labels(&selector).any_semantic();
+    let index = Arc::new(Index::default());
 
     let ar = ApiResource::erase::<MLModel>(&());
     let w = Writer::new(ar.clone());
     let models = w.as_reader();
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    spawn_stream(
-        "MLModel",
-        watcher::watcher(api, watcher::Config::default().any_semantic()),
-        w,
-        ready.clone(),
-        route.clone(),
-        |obj, deleted| {
-            Some(SupervisorMsg::Model {
-                key: key_of(obj)?,
-                deleted,
-            })
-        },
-    );
+    let stream = watcher::watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|o: &mut DynamicObject| o.metadata.managed_fields = None)
+        .reflect(w);
+    tokio::spawn(run_model_stream(stream, ready.clone(), route.clone()));
+
     let (pvcs, w) = reflector::store();
-    spawn_stream(
-        "PersistentVolumeClaim",
-        watch_all(&client, children.clone()),
-        w,
+    let stream = watch_all(&client, children.clone()).modify(trim_pvc).reflect(w);
+    spawn_child_stream(
+        1,
+        stream,
+        pvcs.clone(),
+        index.clone(),
+        |i| &i.pvcs,
         ready.clone(),
         route.clone(),
-        |p: &PersistentVolumeClaim, deleted| child(p, ChildUpdate::Pvc((!deleted).then(|| observe::pvc(p)))),
     );
     let (jobs, w) = reflector::store();
-    spawn_stream(
-        "Job",
-        watch_all(&client, children.clone()),
-        w,
+    let stream = watch_all(&client, children.clone()).modify(trim_job).reflect(w);
+    spawn_child_stream(
+        2,
+        stream,
+        jobs.clone(),
+        index.clone(),
+        |i| &i.jobs,
         ready.clone(),
         route.clone(),
-        |j: &Job, deleted| {
-            child(
-                j,
-                ChildUpdate::Job(j.name_any(), if deleted { None } else { observe::job(j) }),
-            )
-        },
     );
     let (pods, w) = reflector::store();
-    spawn_stream(
-        "Pod",
-        watch_all(&client, children.clone()),
-        w,
+    let stream = watch_all(&client, children.clone()).modify(trim_pod).reflect(w);
+    spawn_child_stream(
+        3,
+        stream,
+        pods.clone(),
+        index.clone(),
+        |i| &i.pods,
         ready.clone(),
         route.clone(),
-        |p: &Pod, deleted| {
-            child(
-                p,
-                ChildUpdate::Pod(p.name_any(), (!deleted).then(|| Box::new(observe::pod(p)))),
-            )
-        },
     );
     let (deployments, w) = reflector::store();
-    spawn_stream(
-        "Deployment",
-        watch_all(&client, children.clone()),
-        w,
+    let stream = watch_all(&client, children.clone()).modify(trim_deployment).reflect(w);
+    spawn_child_stream(
+        4,
+        stream,
+        deployments.clone(),
+        index.clone(),
+        |i| &i.deployments,
         ready.clone(),
         route.clone(),
-        |d: &Deployment, deleted| child(d, ChildUpdate::Deployment((!deleted).then(|| observe::deployment(d)))),
     );
     let (services, w) = reflector::store();
-    spawn_stream(
-        "Service",
-        watch_all(&client, children),
-        w,
+    let stream = watcher::watcher(Api::<PartialObjectMeta<Service>>::all(client), children)
+        .default_backoff()
+        .modify(|o: &mut PartialObjectMeta<Service>| o.metadata.managed_fields = None)
+        .reflect(w);
+    spawn_child_stream(
+        5,
+        stream,
+        services.clone(),
+        index.clone(),
+        |i| &i.services,
         ready,
         route,
-        |s: &Service, deleted| child(s, ChildUpdate::Service((!deleted).then(|| observe::service(s)))),
     );
     (
         Caches {
@@ -221,6 +373,7 @@ pub fn start(client: Client, route: Route) -> (Caches, watch::Receiver<bool>) {
             pods,
             deployments,
             services,
+            index,
         },
         ready_rx,
     )
@@ -233,51 +386,115 @@ fn watch_all<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    watcher::watcher(Api::<K>::all(client.clone()), config)
+    watcher::watcher(Api::<K>::all(client.clone()), config).default_backoff()
 }
 
-fn key_of<K: Resource>(obj: &K) -> Option<ModelKey> {
+// What each cache keeps: what `observe` and the index read, nothing else. Managed fields and
+// specs are the bulk of these objects.
+
+fn trim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+}
+
+fn trim_pvc(p: &mut PersistentVolumeClaim) {
+    trim_meta(&mut p.metadata);
+    p.spec = None;
+    if let Some(s) = p.status.as_mut() {
+        *s = k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
+            phase: s.phase.take(),
+            ..Default::default()
+        };
+    }
+}
+
+fn trim_job(j: &mut Job) {
+    trim_meta(&mut j.metadata);
+    j.spec = None;
+    if let Some(s) = j.status.as_mut() {
+        *s = k8s_openapi::api::batch::v1::JobStatus {
+            conditions: s.conditions.take(),
+            ..Default::default()
+        };
+    }
+}
+
+fn trim_pod(p: &mut Pod) {
+    trim_meta(&mut p.metadata);
+    p.metadata.annotations = None;
+    p.metadata.owner_references = None;
+    p.spec = None;
+    if let Some(s) = p.status.as_mut() {
+        *s = k8s_openapi::api::core::v1::PodStatus {
+            phase: s.phase.take(),
+            conditions: s.conditions.take(),
+            container_statuses: s.container_statuses.take().map(|cs| {
+                cs.into_iter()
+                    .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
+                        name: c.name,
+                        image: c.image,
+                        state: c.state,
+                        last_state: c.last_state,
+                        restart_count: c.restart_count,
+                        ready: c.ready,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        };
+    }
+}
+
+fn trim_deployment(d: &mut Deployment) {
+    trim_meta(&mut d.metadata);
+    if let Some(spec) = d.spec.as_mut() {
+        let labels = spec.template.metadata.as_mut().and_then(|m| m.labels.take());
+        *spec = k8s_openapi::api::apps::v1::DeploymentSpec {
+            template: k8s_openapi::api::core::v1::PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels,
+                    ..Default::default()
+                }),
+                spec: None,
+            },
+            ..Default::default()
+        };
+    }
+    if let Some(s) = d.status.as_mut() {
+        *s = k8s_openapi::api::apps::v1::DeploymentStatus {
+            ready_replicas: s.ready_replicas,
+            ..Default::default()
+        };
+    }
+}
+
+fn model_of(meta: &ObjectMeta) -> Option<ModelKey> {
     Some(ModelKey {
-        namespace: obj.meta().namespace.clone()?,
-        name: obj.meta().name.clone()?,
+        namespace: meta.namespace.clone()?,
+        name: meta.labels.as_ref()?.get(MODEL_LABEL)?.clone(),
     })
 }
 
-fn child<K: Resource>(obj: &K, update: ChildUpdate) -> Option<SupervisorMsg> {
-    let model = obj.meta().labels.as_ref()?.get(MODEL_LABEL)?.clone();
-    Some(SupervisorMsg::Child {
-        key: ModelKey {
-            namespace: obj.meta().namespace.clone()?,
-            name: model,
-        },
-        update,
-    })
-}
-
-fn spawn_stream<K, S, F>(
-    kind: &'static str,
+/// Runs one child stream: keeps its part of the index and wakes the model each event concerns.
+fn spawn_child_stream<K, S>(
+    stream_no: usize,
     stream: S,
-    writer: Writer<K>,
+    store: Store<K>,
+    index: Arc<Index>,
+    part: fn(&Index) -> &KindIndex,
     ready: Readiness,
     route: Route,
-    to_message: F,
 ) where
-    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     S: Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
-    F: Fn(&K, bool) -> Option<SupervisorMsg> + Send + 'static,
 {
-    let stream = stream
-        .default_backoff()
-        .modify(|o: &mut K| {
-            // Managed fields are the bulk of most objects and no decision needs them.
-            o.meta_mut().managed_fields = None;
-        })
-        .reflect(writer);
-    // Deliberately not instrumented: a span here would live as long as the process and
-    // every model's trace would collapse into it.
+    let kind = STREAMS[stream_no];
+    // Deliberately not instrumented: a span here would live as long as the process and every
+    // model's trace would collapse into it.
     tokio::spawn(async move {
+        hold_for_fault_injection(kind).await;
         futures::pin_mut!(stream);
+        let mut relist: Option<Relist> = None;
         while let Some(item) = stream.next().await {
             let event = match item {
                 Ok(event) => event,
@@ -286,23 +503,242 @@ fn spawn_stream<K, S, F>(
                     continue;
                 }
             };
-            let (obj, deleted) = match &event {
-                Event::Apply(o) | Event::InitApply(o) => (o, false),
-                Event::Delete(o) => (o, true),
-                Event::InitDone => {
-                    ready.one_synced();
-                    continue;
+            match event {
+                Event::Apply(o) => {
+                    let Some(key) = model_of(o.meta()) else { continue };
+                    part(&index).insert(key.clone(), o.name_any());
+                    send(&route, SupervisorMsg::Child { key });
                 }
-                Event::Init => continue,
-            };
-            let Some(message) = to_message(obj, deleted) else {
-                continue;
-            };
-            let supervisor = route.borrow().clone();
-            if let Some(supervisor) = supervisor {
-                // A stopped supervisor means leadership was lost; the event is in the cache.
-                let _ = supervisor.cast(message);
+                Event::Delete(o) => {
+                    let Some(key) = model_of(o.meta()) else { continue };
+                    part(&index).remove(&key, &o.name_any());
+                    send(&route, SupervisorMsg::Child { key });
+                }
+                Event::Init => relist = Some(Default::default()),
+                Event::InitApply(o) => {
+                    let (Some(key), Some((fresh, changed))) = (model_of(o.meta()), relist.as_mut()) else {
+                        continue;
+                    };
+                    // The cache still shows the state before the relist: a model whose child
+                    // changed in the gap is woken once the relist is complete.
+                    let before = store.get(&ObjectRef::from_obj(&o));
+                    if before.is_none_or(|b| b.resource_version() != o.resource_version()) {
+                        changed.insert(key.clone());
+                    }
+                    fresh.entry(key).or_default().insert(o.name_any());
+                }
+                Event::InitDone => {
+                    let (fresh, mut changed) = relist.take().unwrap_or_default();
+                    changed.extend(part(&index).replace(fresh));
+                    tracing::debug!(kind, woken = changed.len(), "watch listed");
+                    ready.listed(stream_no);
+                    for key in changed {
+                        send(&route, SupervisorMsg::Child { key });
+                    }
+                }
             }
         }
     });
+}
+
+/// What a model event must change to wake its actor: identity, generation (the spec),
+/// deletion, finalizers, labels and annotations. A status write alone (the operator's own,
+/// echoed back) wakes nobody.
+fn fingerprint(meta: &ObjectMeta) -> u64 {
+    let mut h = DefaultHasher::new();
+    meta.uid.hash(&mut h);
+    meta.generation.hash(&mut h);
+    meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    h.finish()
+}
+
+fn model_key(meta: &ObjectMeta) -> Option<ModelKey> {
+    Some(ModelKey {
+        namespace: meta.namespace.clone()?,
+        name: meta.name.clone()?,
+    })
+}
+
+/// Runs the MLModel stream: tells the supervisor about models that appear, change (other than
+/// by a status write) or go.
+async fn run_model_stream<S>(stream: S, ready: Readiness, route: Route)
+where
+    S: Stream<Item = watcher::Result<Event<DynamicObject>>> + Send + 'static,
+{
+    hold_for_fault_injection(STREAMS[0]).await;
+    futures::pin_mut!(stream);
+    // Per model: its uid and fingerprint.
+    let mut seen: HashMap<ModelKey, (String, u64)> = HashMap::new();
+    let mut relist: Option<HashMap<ModelKey, (String, u64)>> = None;
+    let changed =
+        |seen: &HashMap<ModelKey, (String, u64)>, key: &ModelKey, entry: &(String, u64)| seen.get(key) != Some(entry);
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(%error, kind = "MLModel", "watch error; retrying");
+                continue;
+            }
+        };
+        match event {
+            Event::Apply(o) => {
+                let Some(key) = model_key(&o.metadata) else { continue };
+                let entry = (o.metadata.uid.clone().unwrap_or_default(), fingerprint(&o.metadata));
+                if changed(&seen, &key, &entry) {
+                    let uid = entry.0.clone();
+                    seen.insert(key.clone(), entry);
+                    send(
+                        &route,
+                        SupervisorMsg::Model {
+                            key,
+                            uid,
+                            deleted: false,
+                        },
+                    );
+                }
+            }
+            Event::Delete(o) => {
+                let Some(key) = model_key(&o.metadata) else { continue };
+                seen.remove(&key);
+                let uid = o.metadata.uid.clone().unwrap_or_default();
+                send(
+                    &route,
+                    SupervisorMsg::Model {
+                        key,
+                        uid,
+                        deleted: true,
+                    },
+                );
+            }
+            Event::Init => relist = Some(HashMap::new()),
+            Event::InitApply(o) => {
+                if let (Some(key), Some(fresh)) = (model_key(&o.metadata), relist.as_mut()) {
+                    fresh.insert(
+                        key,
+                        (o.metadata.uid.clone().unwrap_or_default(), fingerprint(&o.metadata)),
+                    );
+                }
+            }
+            Event::InitDone => {
+                let fresh = relist.take().unwrap_or_default();
+                let mut messages = Vec::new();
+                for (key, (uid, _)) in seen.iter().filter(|(k, v)| fresh.get(*k).is_none_or(|f| f.0 != v.0)) {
+                    messages.push(SupervisorMsg::Model {
+                        key: key.clone(),
+                        uid: uid.clone(),
+                        deleted: true,
+                    });
+                }
+                for (key, entry) in fresh.iter().filter(|(k, v)| changed(&seen, k, v)) {
+                    messages.push(SupervisorMsg::Model {
+                        key: key.clone(),
+                        uid: entry.0.clone(),
+                        deleted: false,
+                    });
+                }
+                seen = fresh;
+                tracing::debug!(kind = "MLModel", changed = messages.len(), "watch listed");
+                ready.listed(0);
+                for message in messages {
+                    send(&route, message);
+                }
+            }
+        }
+    }
+}
+
+/// With the `fault-injection` feature, `MLMODEL_FAULT_DELAY_WATCH=<Kind>:<seconds>` holds one
+/// stream back before it starts, so tests can watch readiness wait for it.
+async fn hold_for_fault_injection(kind: &str) {
+    #[cfg(feature = "fault-injection")]
+    if let Ok(spec) = std::env::var("MLMODEL_FAULT_DELAY_WATCH")
+        && let Some((k, secs)) = spec.split_once(':')
+        && k == kind
+        && let Ok(secs) = secs.parse::<u64>()
+    {
+        tracing::warn!(kind, secs, "fault injected: the watch starts late");
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = kind;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> ModelKey {
+        ModelKey {
+            namespace: "ml".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_relist_reports_the_models_whose_children_changed() {
+        let index = KindIndex::default();
+        index.insert(key("a"), "a-v1".into());
+        index.insert(key("b"), "b-v1".into());
+        index.insert(key("c"), "c-v1".into());
+        let fresh = HashMap::from([
+            (key("a"), BTreeSet::from(["a-v1".to_owned()])),
+            (key("b"), BTreeSet::from(["b-v2".to_owned()])),
+            (key("d"), BTreeSet::from(["d-v1".to_owned()])),
+        ]);
+        let changed = index.replace(fresh);
+        assert_eq!(changed, HashSet::from([key("b"), key("c"), key("d")]));
+        assert_eq!(index.names(&key("c")), Vec::<String>::new());
+        assert_eq!(index.names(&key("b")), vec!["b-v2".to_owned()]);
+    }
+
+    #[test]
+    fn ownership_tells_this_model_a_previous_one_and_strangers_apart() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let owned = |kind: &str, name: &str, uid: &str| ObjectMeta {
+            owner_references: Some(vec![OwnerReference {
+                kind: kind.into(),
+                name: name.into(),
+                uid: uid.into(),
+                controller: Some(true),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        assert_eq!(
+            owner_of(&owned("MLModel", "iris", "u2"), &key("iris"), "u2"),
+            Owner::This
+        );
+        assert_eq!(
+            owner_of(&owned("MLModel", "iris", "u1"), &key("iris"), "u2"),
+            Owner::Previous
+        );
+        assert_eq!(
+            owner_of(&owned("MLModel", "other", "u1"), &key("iris"), "u2"),
+            Owner::Foreign
+        );
+        assert_eq!(owner_of(&ObjectMeta::default(), &key("iris"), "u2"), Owner::Foreign);
+    }
+
+    #[test]
+    fn a_status_write_does_not_change_the_fingerprint() {
+        let meta = ObjectMeta {
+            uid: Some("u1".into()),
+            generation: Some(1),
+            resource_version: Some("10".into()),
+            ..Default::default()
+        };
+        let echoed = ObjectMeta {
+            resource_version: Some("11".into()),
+            ..meta.clone()
+        };
+        assert_eq!(fingerprint(&meta), fingerprint(&echoed));
+        let respec = ObjectMeta {
+            generation: Some(2),
+            ..meta.clone()
+        };
+        assert_ne!(fingerprint(&meta), fingerprint(&respec));
+    }
 }

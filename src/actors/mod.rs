@@ -1,9 +1,11 @@
-//! The actor runtime: a [`dispatcher`] turns the operator's watch streams into messages, the
+//! The actor runtime: a [`dispatcher`] turns the operator's watch streams into [`messages`], the
 //! [`supervisor`] keeps one [`model`] actor per MLModel alive, and each model actor owns its
 //! model's lifecycle.
 
 pub mod dispatcher;
+pub mod messages;
 pub mod model;
+pub mod rollout;
 pub mod supervisor;
 
 use std::fmt;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::Reporter;
+use kube::runtime::events::Recorder;
 
 use crate::lifecycle::Settings;
 use crate::metrics::Metrics;
@@ -43,6 +45,10 @@ pub struct SupervisionSettings {
     pub restart_backoff: Duration,
     /// Upper bound of the restart delay and of API retry delays.
     pub max_backoff: Duration,
+    /// Every model is reconciled at least this often, whatever the events (jittered).
+    pub resync_period: Duration,
+    /// How long stopping the actors (leadership lost, shutdown) may take.
+    pub stop_timeout: Duration,
 }
 
 impl Default for SupervisionSettings {
@@ -52,6 +58,8 @@ impl Default for SupervisionSettings {
             restart_window: Duration::from_secs(300),
             restart_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            resync_period: Duration::from_secs(300),
+            stop_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -68,10 +76,13 @@ pub struct Context {
     pub supervision: SupervisionSettings,
     /// Metrics.
     pub metrics: Metrics,
-    /// Identity recorded on Events.
-    pub reporter: Reporter,
+    /// Records Events, under this replica's identity (one for every model: its cache of
+    /// recent Events is shared).
+    pub recorder: Recorder,
     /// Refuses writes unless this replica surely leads.
     pub fence: Arc<crate::leader::Fence>,
+    /// The client-side request rate limit of every write.
+    pub limiter: Arc<crate::cluster::RateLimiter>,
 }
 
 impl Context {
@@ -80,9 +91,10 @@ impl Context {
         crate::cluster::ModelWriter::new(
             self.client.clone(),
             namespace,
-            self.reporter.clone(),
+            self.recorder.clone(),
             self.metrics.clone(),
             self.fence.clone(),
+            self.limiter.clone(),
         )
     }
 }

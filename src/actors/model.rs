@@ -1,11 +1,11 @@
-//! The model actor: owns one MLModel's lifecycle. It keeps what it has observed of the
-//! model's children (fed by the dispatcher's messages), asks the pure core what to do, carries
-//! out the actions, writes the status, records Events, and traces the rollout.
+//! The model actor: owns one MLModel (one uid) and its lifecycle. On every reconcile it reads
+//! what it observes from the dispatcher's caches, asks the pure core what to do, carries out
+//! the actions, writes the status and records Events; [`super::rollout`] traces the rollout.
 //!
-//! Events are coalesced: every message only updates the observed state and, if none is
-//! pending, schedules one `Reconcile`, so a burst of pod updates costs one decision.
+//! Wake-ups are coalesced: a message only schedules one `Reconcile` if none is pending, so a
+//! burst of pod updates costs one decision, made on the latest state of the caches.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -14,55 +14,48 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, Span};
 
-use super::dispatcher::ChildUpdate;
+use super::messages::ModelMsg;
+use super::rollout::RolloutTrace;
 use super::{ModelKey, SharedContext, backoff};
-use crate::api::{MLModel, MLModelStatus, Phase};
-use crate::cluster::{ClusterError, ModelWriter};
+use crate::api::{MLModel, MLModelStatus};
+use crate::cluster::{ClusterError, ModelWriter, WriteOutcome, Written};
 use crate::lifecycle::{self, Action, EventNote, Observed, reason};
-use crate::telemetry;
 
-/// Messages of a model actor.
-#[derive(Debug)]
-pub enum ModelMsg {
-    /// The MLModel changed; its current state is in the cache.
-    ModelChanged,
-    /// A child changed.
-    Child(ChildUpdate),
-    /// Decide and act on the latest observed state.
-    Reconcile,
-}
+/// How long a write the caches have not shown yet is taken as done.
+const IN_FLIGHT_TTL: Duration = Duration::from_secs(15);
+
+/// How often a model whose child's name is taken tries again.
+const CONFLICT_RETRY: Duration = Duration::from_secs(5);
 
 /// The model actor.
 pub struct ModelActor;
 
-/// A model actor's state: what it observed and what it last reported.
+/// A model actor's state: whom it serves, what it last reported, and its timers.
 pub struct ModelState {
     key: ModelKey,
+    uid: String,
     ctx: SharedContext,
     writer: ModelWriter,
-    observed: Observed,
     /// The status last written; the operator is its only writer, so this is the truth even
     /// before the watch echoes the write back.
     status: Option<MLModelStatus>,
+    /// Children written and not yet seen back through the watch, so a decision made in the
+    /// meantime does not repeat the write. Each lasts until the cache shows the write (or a
+    /// short while): the caches stay the source of truth.
+    in_flight: Vec<(WriteOutcome, Instant)>,
     reconcile_pending: bool,
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<ModelMsg>>>>,
     retries: u32,
-    rollout: Option<Rollout>,
-    phase_since: std::time::Instant,
-}
-
-/// The trace of one rollout: a root span (ended at once, so it is exported even if the
-/// operator dies) and one span per phase, parented to the root through its traceparent.
-struct Rollout {
-    generation: i64,
-    traceparent: String,
-    phase: Option<Phase>,
-    span: Option<Span>,
+    trace: RolloutTrace,
 }
 
 /// Parses the cached untyped object into an MLModel.
 pub fn parse_model(obj: &DynamicObject) -> Result<MLModel, serde_json::Error> {
     serde_json::to_value(obj).and_then(serde_json::from_value)
+}
+
+fn version_number(rv: Option<&str>) -> Option<u64> {
+    rv.and_then(|v| v.parse().ok())
 }
 
 impl ModelState {
@@ -80,226 +73,77 @@ impl ModelState {
         self.timer = Some(myself.send_after(after, || ModelMsg::Reconcile));
     }
 
-    fn apply_update(&mut self, update: ChildUpdate) {
-        let o = &mut self.observed;
-        match update {
-            ChildUpdate::Pvc(p) => o.pvc = p,
-            ChildUpdate::Deployment(d) => o.deployment = d,
-            ChildUpdate::Service(s) => o.service = s,
-            ChildUpdate::Job(name, job) => {
-                o.jobs.retain(|j| j.name != name);
-                o.jobs.extend(job);
-                o.jobs.sort_by_key(|j| j.version);
-            }
-            ChildUpdate::Pod(name, pod) => {
-                if let (Some(span), Some(p)) = (self.rollout.as_ref().and_then(|r| r.span.as_ref()), pod.as_ref()) {
-                    let before = o.pods.iter().find(|x| x.name == name);
-                    if before.map(|b| (&b.phase, b.ready)) != Some((&p.phase, p.ready)) {
-                        tracing::info!(parent: span, pod = %name, phase = %p.phase, ready = p.ready, "pod status changed");
-                    }
-                }
-                o.pods.retain(|p| p.name != name);
-                o.pods.extend(pod.map(|p| *p));
-                o.pods.sort_by(|a, b| a.name.cmp(&b.name));
-            }
-        }
-    }
-
-    /// Feeds the result of an action back into what is observed, so a decision made before
-    /// the watch echoes the write does not repeat it.
-    fn assume(&mut self, action: &Action) {
-        use crate::lifecycle::observe::*;
-        use crate::resources::{SOURCE_ANNOTATION, spec_hash};
-        match action {
-            Action::ApplyPvc(_) if self.observed.pvc.is_none() => {
-                self.observed.pvc = Some(PvcObs {
-                    phase: "Pending".into(),
-                    deleting: false,
-                })
-            }
-            Action::ApplyJob(j) => {
-                if let Some(mut obs) = job(j) {
-                    obs.source = j
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(SOURCE_ANNOTATION).cloned());
-                    if !self.observed.jobs.iter().any(|x| x.name == obs.name) {
-                        self.observed.jobs.push(obs);
-                    }
-                }
-            }
-            Action::ApplyDeployment(d) => {
-                let ready = self.observed.deployment.as_ref().map_or(0, |x| x.ready_replicas);
-                self.observed.deployment = Some(DeploymentObs {
-                    ready_replicas: ready,
-                    ..deployment(d)
-                });
-                if let Some(x) = self.observed.deployment.as_mut() {
-                    x.spec_hash = spec_hash(d.as_ref()).cloned();
-                }
-            }
-            Action::ApplyService(s) => self.observed.service = Some(service(s)),
-            _ => {}
-        }
-    }
-
-    fn span_for(&mut self, model: &MLModel, status: &mut MLModelStatus) {
-        let generation = model.metadata.generation.unwrap_or(1);
-        let continuing = self.rollout.as_ref().is_some_and(|r| r.generation == generation);
-        if continuing {
-            return;
-        }
-        let previous = model.status.as_ref().filter(|s| s.traceparent.is_some());
-        // A restarted operator (or a new leader) continues the trace stored on the object.
-        let stored = previous
-            .filter(|s| s.observed_generation == Some(generation))
-            .and_then(|s| s.traceparent.clone());
-        let traceparent = stored.or_else(|| {
-            let root = rollout_span("mlmodel.rollout", model, current_phase(model));
-            telemetry::traceparent_of(&root)
+    /// What the caches show now, with the writes they do not show yet.
+    fn observe(&mut self) -> Observed {
+        let caches = &self.ctx.caches;
+        let mut observed = caches.observed(&self.key, &self.uid);
+        let namespace = self.key.namespace.clone();
+        self.in_flight.retain(|(w, at)| {
+            let cached = version_number(caches.resource_version(&w.written, &namespace, &w.name).as_deref());
+            let written = version_number(w.resource_version.as_deref());
+            let seen = matches!((cached, written), (Some(c), Some(w)) if c >= w);
+            !seen && at.elapsed() < IN_FLIGHT_TTL
         });
-        if let Some(tp) = traceparent {
-            status.trace_id = tp.split('-').nth(1).map(str::to_owned);
-            status.traceparent = Some(tp.clone());
-            self.rollout = Some(Rollout {
-                generation,
-                traceparent: tp,
-                phase: None,
-                span: None,
-            });
-        }
-    }
-
-    fn trace_phase(&mut self, model: &MLModel, status: &MLModelStatus) {
-        let Some(rollout) = self.rollout.as_mut() else { return };
-        let Some(phase) = status.phase else { return };
-        if rollout.phase == Some(phase) {
-            return;
-        }
-        let elapsed = self.phase_since.elapsed().as_secs_f64();
-        if let Some(previous) = rollout.phase {
-            self.ctx
-                .metrics
-                .phase_transition(previous.as_str(), phase.as_str(), elapsed, status.trace_id.as_deref());
-        }
-        self.phase_since = std::time::Instant::now();
-        rollout.phase = Some(phase);
-        // Dropping the previous span ends it, so each phase is exported as it finishes. The
-        // span only closes once the reconcile running inside it does, so it is entered and left
-        // first: its end time is then the moment of the transition, not the end of that
-        // reconcile, and it does not overlap the next phase.
-        if let Some(previous) = rollout.span.take() {
-            drop(previous.enter());
-        }
-        if matches!(phase, Phase::Ready | Phase::Failed) {
-            let outcome = rollout_span(
-                if phase == Phase::Ready {
-                    "mlmodel.ready"
-                } else {
-                    "mlmodel.failed"
-                },
-                model,
-                phase,
-            );
-            telemetry::set_parent_from_traceparent(&outcome, &rollout.traceparent);
-            if let Some(f) = status.last_failure.as_ref().filter(|_| phase == Phase::Failed) {
-                outcome.record("otel.status_code", "ERROR");
-                // tracing-opentelemetry's field for the status message (`otel.status_message`
-                // would only be an attribute).
-                outcome.record("otel.status_description", f.message.as_str());
-                outcome.record("mlmodel.failure.reason", f.reason.as_str());
+        for (w, _) in &self.in_flight {
+            match &w.written {
+                Written::Pvc(p) => {
+                    observed.pvc.get_or_insert_with(|| p.clone());
+                }
+                Written::Job(j) => {
+                    if !observed.jobs.iter().any(|x| x.name == j.name) {
+                        observed.jobs.push(j.clone());
+                        observed.jobs.sort_by_key(|j| j.version);
+                    }
+                }
+                Written::Deployment(d) => {
+                    let ready = observed.deployment.as_ref().map_or(0, |x| x.ready_replicas);
+                    observed.deployment = Some(lifecycle::observe::DeploymentObs {
+                        ready_replicas: ready,
+                        ..d.clone()
+                    });
+                }
+                Written::Service(s) => observed.service = Some(s.clone()),
+                Written::Finalizer => {}
             }
-            return;
         }
-        let span = rollout_span(&format!("phase {phase}"), model, phase);
-        telemetry::set_parent_from_traceparent(&span, &rollout.traceparent);
-        rollout.span = Some(span);
-    }
-
-    /// Deletion is a trace of its own: a root `mlmodel.delete`, the Terminating phase, and
-    /// `mlmodel.deleted` once the finalizer is released.
-    fn deletion_trace(&mut self, model: &MLModel, status: &mut MLModelStatus) {
-        if self.rollout.as_ref().is_some_and(|r| r.generation == DELETION) {
-            return;
-        }
-        let stored = model
-            .status
-            .as_ref()
-            .filter(|s| s.phase == Some(Phase::Terminating))
-            .and_then(|s| s.traceparent.clone());
-        let traceparent =
-            stored.or_else(|| telemetry::traceparent_of(&rollout_span("mlmodel.delete", model, Phase::Terminating)));
-        if let Some(tp) = traceparent {
-            status.trace_id = tp.split('-').nth(1).map(str::to_owned);
-            status.traceparent = Some(tp.clone());
-            self.rollout = Some(Rollout {
-                generation: DELETION,
-                traceparent: tp,
-                phase: None,
-                span: None,
-            });
-        }
-    }
-
-    fn deletion_done(&mut self, model: &MLModel) {
-        let Some(mut rollout) = self.rollout.take().filter(|r| r.generation == DELETION) else {
-            return;
-        };
-        if let Some(span) = rollout.span.take() {
-            drop(span.enter());
-        }
-        let done = rollout_span("mlmodel.deleted", model, Phase::Terminating);
-        telemetry::set_parent_from_traceparent(&done, &rollout.traceparent);
+        observed.now = Timestamp::now();
+        observed
     }
 }
 
-/// The generation marker of a deletion's trace.
-const DELETION: i64 = -1;
-
-fn current_phase(model: &MLModel) -> Phase {
-    model.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
-}
-
-fn rollout_span(name: &str, model: &MLModel, phase: Phase) -> Span {
-    tracing::info_span!(
-        parent: None,
-        "mlmodel",
-        otel.name = name,
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        mlmodel.failure.reason = tracing::field::Empty,
-        k8s.namespace.name = model.metadata.namespace.as_deref().unwrap_or_default(),
-        mlmodel.name = model.metadata.name.as_deref().unwrap_or_default(),
-        mlmodel.uid = model.metadata.uid.as_deref().unwrap_or_default(),
-        mlmodel.generation = model.metadata.generation.unwrap_or_default(),
-        mlmodel.phase = phase.as_str(),
-    )
+/// Whether the caches (or a write in flight) show the child `action` applies.
+fn child_exists(observed: &Observed, action: &Action) -> bool {
+    match action {
+        Action::ApplyPvc(_) => observed.pvc.is_some(),
+        Action::ApplyJob(j) => observed.jobs.iter().any(|x| Some(&x.name) == j.metadata.name.as_ref()),
+        Action::ApplyDeployment(_) => observed.deployment.is_some(),
+        Action::ApplyService(_) => observed.service.is_some(),
+        _ => true,
+    }
 }
 
 impl Actor for ModelActor {
     type Msg = ModelMsg;
     type State = ModelState;
-    type Arguments = (ModelKey, SharedContext);
+    type Arguments = (ModelKey, String, SharedContext);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (key, ctx): Self::Arguments,
+        (key, uid, ctx): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let writer = ctx.writer(&key.namespace);
-        let observed = ctx.caches.observed(&key);
         let mut state = ModelState {
             key,
+            uid,
             ctx,
             writer,
-            observed,
             status: None,
+            in_flight: Vec::new(),
             reconcile_pending: false,
             timer: None,
             retries: 0,
-            rollout: None,
-            phase_since: std::time::Instant::now(),
+            trace: RolloutTrace::default(),
         };
         state.schedule(&myself);
         Ok(state)
@@ -312,15 +156,11 @@ impl Actor for ModelActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ModelMsg::ModelChanged => state.schedule(&myself),
-            ModelMsg::Child(update) => {
-                state.apply_update(update);
-                state.schedule(&myself);
-            }
+            ModelMsg::Wake => state.schedule(&myself),
             ModelMsg::Reconcile => {
                 state.reconcile_pending = false;
                 // Inside the current phase's span, so log lines carry the model's trace id.
-                let span = match state.rollout.as_ref().and_then(|r| r.span.as_ref()) {
+                let span = match state.trace.phase_span() {
                     Some(phase) => tracing::info_span!(parent: phase, "reconcile"),
                     None => Span::none(),
                 };
@@ -342,6 +182,10 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
     let Some(obj) = state.ctx.caches.model(&state.key) else {
         return Ok(());
     };
+    // Another model of the same name: the supervisor replaces this actor.
+    if obj.metadata.uid.as_deref() != Some(state.uid.as_str()) {
+        return Ok(());
+    }
     let mut model = match parse_model(&obj) {
         Ok(model) => model,
         Err(error) => {
@@ -382,15 +226,23 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
     // Before deciding, so the download Job it may create carries the rollout's context.
     let mut status = model.status.clone().unwrap_or_default();
     if model.metadata.deletion_timestamp.is_none() {
-        state.span_for(&model, &mut status);
+        state.trace.begin(&model, &mut status);
     } else {
-        state.deletion_trace(&model, &mut status);
+        state.trace.begin_deletion(&model, &mut status);
     }
     model.status = Some(status);
-    let observed = Observed {
-        now: Timestamp::now(),
-        ..state.observed.clone()
-    };
+    let observed = state.observe();
+    // The finalizer just added, before the cache shows it: not added twice (a stale object's
+    // resourceVersion would only make the second attempt conflict).
+    if state.in_flight.iter().any(|(w, _)| w.written == Written::Finalizer)
+        && !model.finalizers().iter().any(|f| f == crate::api::FINALIZER)
+    {
+        model
+            .metadata
+            .finalizers
+            .get_or_insert_with(Vec::new)
+            .push(crate::api::FINALIZER.to_owned());
+    }
     let decision = lifecycle::decide(&model, &observed, &state.ctx.settings);
     let forced: Vec<String> = decision
         .actions
@@ -401,22 +253,36 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
         })
         .collect();
     // Every action but the finalizer's release is independent of the others (each child is
-    // applied whole and owned by the model), so they run concurrently; the release waits for
-    // the rest, so a model is never let go before its children are asked to go.
-    let (release, independent): (Vec<&Action>, Vec<&Action>) = decision
+    // applied whole and owned by the model), so they run concurrently; two exceptions run on
+    // their own: a claim that does not exist yet is created first, so no download Job ever
+    // mounts a claim of that name that turns out not to be the model's, and the release waits
+    // for the rest, so a model is never let go before its children are asked to go.
+    let (release, rest): (Vec<&Action>, Vec<&Action>) = decision
         .actions
         .iter()
         .partition(|a| matches!(a, Action::RemoveFinalizer));
-    for batch in [independent, release] {
-        let results = futures::future::join_all(batch.iter().map(|a| state.writer.execute(&model, a))).await;
+    let (claim, independent): (Vec<&Action>, Vec<&Action>) = rest
+        .into_iter()
+        .partition(|a| matches!(a, Action::ApplyPvc(_)) && !child_exists(&observed, a));
+    for batch in [claim, independent, release] {
+        let results = futures::future::join_all(
+            batch
+                .iter()
+                .map(|a| state.writer.execute(&model, a, child_exists(&observed, a))),
+        )
+        .await;
+        let mut failed = None;
         for (action, result) in batch.into_iter().zip(results) {
-            if let Err(error) = result {
-                return handle_error(myself, state, &model, error).await;
+            match result {
+                // The writes that did succeed are remembered all the same.
+                Err(error) => failed = failed.or(Some(error)),
+                Ok(Some(written)) => state.in_flight.push((written, Instant::now())),
+                Ok(None) if matches!(action, Action::RemoveFinalizer) => state.trace.deletion_done(&model),
+                Ok(None) => {}
             }
-            state.assume(action);
-            if matches!(action, Action::RemoveFinalizer) {
-                state.deletion_done(&model);
-            }
+        }
+        if let Some(error) = failed {
+            return handle_error(myself, state, &model, &observed, error).await;
         }
     }
     state.retries = 0;
@@ -429,7 +295,7 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
         state.writer.event(&model, &note, "Delete").await;
     }
     if let Err(error) = report(state, &model, decision.status).await {
-        return handle_error(myself, state, &model, error).await;
+        return handle_error(myself, state, &model, &observed, error).await;
     }
     if let Some(after) = decision.requeue_after {
         state.wake_after(myself, after);
@@ -446,7 +312,7 @@ async fn report(state: &mut ModelState, model: &MLModel, status: MLModelStatus) 
     }
     state.writer.write_status(model, &status).await?;
     let event = lifecycle::transition_event(state.status.as_ref(), &status);
-    state.trace_phase(model, &status);
+    state.trace.phase_reported(model, &status, &state.ctx.metrics);
     if let Some(note) = event {
         tracing::info!(model = %state.key, phase = ?status.phase, reason = %note.reason, "{}", note.note);
         state.writer.event(model, &note, "Reconcile").await;
@@ -459,10 +325,27 @@ async fn handle_error(
     myself: &ActorRef<ModelMsg>,
     state: &mut ModelState,
     model: &MLModel,
+    observed: &Observed,
     error: ClusterError,
 ) -> Result<(), ActorProcessingErr> {
     state.ctx.metrics.reconcile_error(error.category());
     match error {
+        ClusterError::Conflict { object, previous_owner } => {
+            // The object is not in the caches (it does not carry the operator's labels): the
+            // core reports it as if it were, and the model tries again in a while.
+            let mut observed = observed.clone();
+            if previous_owner {
+                observed.previous_owner.push(object);
+            } else {
+                observed.foreign.push(object);
+            }
+            let decision = lifecycle::decide(model, &observed, &state.ctx.settings);
+            if let Err(error) = report(state, model, decision.status).await {
+                tracing::warn!(model = %state.key, %error, "could not report the conflict");
+            }
+            state.wake_after(myself, CONFLICT_RETRY);
+            Ok(())
+        }
         ClusterError::Transient { .. } => {
             // Never Failed for a transient error: retry with capped backoff and jitter.
             let delay = backoff(

@@ -1,103 +1,104 @@
 //! The supervisor: one linked [`ModelActor`] per MLModel. It spawns an actor when a model
-//! appears, stops it when the model is gone, restarts a failed actor with backoff, and after
+//! appears (bound to its uid), stops it when the model is gone, restarts a failed actor with backoff, and after
 //! too many restarts in a window marks the model Failed (`ControllerError`) and leaves it alone
 //! until its spec changes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::dispatcher::ChildUpdate;
-use super::model::{ModelActor, ModelMsg, parse_model};
+use super::messages::{ModelMsg, SupervisorMsg};
+use super::model::{ModelActor, parse_model};
 use super::{ModelKey, SharedContext, backoff};
 use crate::lifecycle::{self, reason};
-
-/// Messages of the supervisor.
-#[derive(Debug)]
-pub enum SupervisorMsg {
-    /// A model was added, changed or (deleted) removed.
-    Model {
-        /// Which model.
-        key: ModelKey,
-        /// Whether it is gone.
-        deleted: bool,
-    },
-    /// A child of a model changed.
-    Child {
-        /// Which model.
-        key: ModelKey,
-        /// What changed.
-        update: ChildUpdate,
-    },
-    /// Start (again) the actor of a model, after a restart delay.
-    Respawn(ModelKey),
-}
 
 /// The supervisor actor.
 pub struct ModelSupervisor;
 
+/// Models are woken for the periodic resync in this many shares, one share per tick, so a
+/// resync of 10,000 models is spread over the whole period instead of arriving at once.
+const RESYNC_SHARES: u32 = 16;
+
+/// A model's running actor.
+struct Running {
+    uid: String,
+    actor: ActorRef<ModelMsg>,
+    share: u32,
+}
+
 /// The supervisor's state.
 pub struct SupervisorState {
     ctx: SharedContext,
-    actors: HashMap<ModelKey, ActorRef<ModelMsg>>,
+    actors: HashMap<ModelKey, Running>,
     keys: HashMap<ActorId, ModelKey>,
     restarts: HashMap<ModelKey, VecDeque<Instant>>,
-    /// Models given up on, with the generation that failed.
-    given_up: HashMap<ModelKey, i64>,
+    /// Models given up on, with the uid and generation that failed.
+    given_up: HashMap<ModelKey, (String, Option<i64>)>,
     /// Models waiting for a delayed restart.
-    pending: HashMap<ModelKey, ()>,
+    pending: HashSet<ModelKey>,
+    /// Resync ticks so far.
+    ticks: u32,
 }
 
 impl SupervisorState {
-    async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, key: ModelKey) {
-        if self.actors.contains_key(&key) {
+    /// The uid and generation the cache shows for `key`.
+    fn current(&self, key: &ModelKey) -> Option<(String, Option<i64>)> {
+        let obj = self.ctx.caches.model(key)?;
+        Some((obj.metadata.uid.clone()?, obj.metadata.generation))
+    }
+
+    /// Makes sure the actor of `key` runs for the model the cache shows now: starts it, or
+    /// replaces an actor bound to an older uid of the same name.
+    /// With `wake`, a running actor of the same uid is woken too.
+    async fn ensure(&mut self, myself: &ActorRef<SupervisorMsg>, key: ModelKey, wake: bool) {
+        let Some((uid, generation)) = self.current(&key) else {
             return;
+        };
+        match self.actors.get(&key) {
+            Some(running) if running.uid == uid => {
+                if wake {
+                    let _ = running.actor.cast(ModelMsg::Wake);
+                }
+                return;
+            }
+            Some(_) => {
+                // Re-created under the same name: a fresh actor, with a fresh status.
+                self.stop(&key, "model re-created");
+                self.restarts.remove(&key);
+            }
+            None => {}
         }
-        match Actor::spawn_linked(None, ModelActor, (key.clone(), self.ctx.clone()), myself.get_cell()).await {
+        if self.pending.contains(&key) {
+            return; // A restart is already scheduled.
+        }
+        if self.given_up.get(&key) == Some(&(uid.clone(), generation)) {
+            return; // Failed with ControllerError for this generation; wait for a spec change.
+        }
+        self.given_up.remove(&key);
+        let args = (key.clone(), uid.clone(), self.ctx.clone());
+        match Actor::spawn_linked(None, ModelActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.ctx.metrics.actor_started();
                 self.keys.insert(actor.get_id(), key.clone());
-                self.actors.insert(key, actor);
+                let share = rand::random_range(0..RESYNC_SHARES);
+                self.actors.insert(key, Running { uid, actor, share });
             }
             Err(error) => tracing::error!(model = %key, %error, "could not start the model actor"),
         }
     }
 
-    fn forget(&mut self, cell: &ActorCell) -> Option<ModelKey> {
-        let key = self.keys.remove(&cell.get_id())?;
-        if self.actors.get(&key).is_some_and(|a| a.get_id() == cell.get_id()) {
-            self.actors.remove(&key);
+    fn stop(&mut self, key: &ModelKey, reason: &str) {
+        if let Some(running) = self.actors.remove(key) {
+            self.keys.remove(&running.actor.get_id());
             self.ctx.metrics.actor_stopped();
+            running.actor.stop(Some(reason.into()));
         }
-        Some(key)
     }
 
-    fn generation(&self, key: &ModelKey) -> Option<i64> {
-        self.ctx.caches.model(key).and_then(|o| o.metadata.generation)
-    }
-}
-
-impl Actor for ModelSupervisor {
-    type Msg = SupervisorMsg;
-    type State = SupervisorState;
-    type Arguments = SharedContext;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        ctx: SharedContext,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let mut state = SupervisorState {
-            ctx,
-            actors: HashMap::new(),
-            keys: HashMap::new(),
-            restarts: HashMap::new(),
-            given_up: HashMap::new(),
-            pending: HashMap::new(),
-        };
-        // A new leader rebuilds everything from the caches: one actor per existing model.
-        let mut keys: Vec<ModelKey> = state
+    /// One actor per model in the cache, none for a model that is gone.
+    async fn sync(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let mut keys: Vec<ModelKey> = self
             .ctx
             .caches
             .models
@@ -111,9 +112,58 @@ impl Actor for ModelSupervisor {
             })
             .collect();
         keys.sort();
-        for key in keys {
-            state.spawn(&myself, key).await;
+        let gone: Vec<ModelKey> = self
+            .actors
+            .keys()
+            .filter(|k| keys.binary_search(k).is_err())
+            .cloned()
+            .collect();
+        for key in gone {
+            self.stop(&key, "model deleted");
         }
+        for key in keys {
+            self.ensure(myself, key, false).await;
+        }
+    }
+
+    fn forget(&mut self, cell: &ActorCell) -> Option<ModelKey> {
+        let key = self.keys.remove(&cell.get_id())?;
+        if self.actors.get(&key).is_some_and(|a| a.actor.get_id() == cell.get_id()) {
+            self.actors.remove(&key);
+            self.ctx.metrics.actor_stopped();
+        }
+        Some(key)
+    }
+
+    fn schedule_resync(&self, myself: &ActorRef<SupervisorMsg>) {
+        let tick = self.ctx.supervision.resync_period / RESYNC_SHARES;
+        let jittered = tick.mul_f64(rand::random_range(0.9..=1.1));
+        myself.send_after(jittered, || SupervisorMsg::Resync);
+    }
+}
+
+impl Actor for ModelSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SharedContext;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: SharedContext,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Actors are started by `Sync`, once the route to this supervisor is published: a
+        // model event that arrives meanwhile waits in the mailbox instead of being lost.
+        let state = SupervisorState {
+            ctx,
+            actors: HashMap::new(),
+            keys: HashMap::new(),
+            restarts: HashMap::new(),
+            given_up: HashMap::new(),
+            pending: HashSet::new(),
+            ticks: 0,
+        };
+        state.schedule_resync(&myself);
         Ok(state)
     }
 
@@ -124,37 +174,44 @@ impl Actor for ModelSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Model { key, deleted: true } => {
-                state.given_up.remove(&key);
-                state.restarts.remove(&key);
-                if let Some(actor) = state.actors.remove(&key) {
-                    state.keys.remove(&actor.get_id());
-                    state.ctx.metrics.actor_stopped();
-                    actor.stop(Some("model deleted".into()));
-                }
-            }
-            SupervisorMsg::Model { key, deleted: false } => {
-                if let Some(actor) = state.actors.get(&key) {
-                    let _ = actor.cast(ModelMsg::ModelChanged);
-                } else if state.pending.contains_key(&key) {
-                    // A restart is already scheduled.
-                } else if state.given_up.get(&key).copied() == state.generation(&key) {
-                    // Failed with ControllerError for this generation; wait for a spec change.
-                } else {
+            SupervisorMsg::Model {
+                key,
+                uid,
+                deleted: true,
+            } => {
+                // A late Delete of an older uid must not stop the actor of a re-created model.
+                if state.actors.get(&key).is_some_and(|r| r.uid == uid) {
                     state.given_up.remove(&key);
-                    state.spawn(&myself, key).await;
+                    state.restarts.remove(&key);
+                    state.stop(&key, "model deleted");
                 }
             }
-            SupervisorMsg::Child { key, update } => {
-                if let Some(actor) = state.actors.get(&key) {
-                    let _ = actor.cast(ModelMsg::Child(update));
+            SupervisorMsg::Model {
+                key, deleted: false, ..
+            } => state.ensure(&myself, key, true).await,
+            SupervisorMsg::Child { key } => {
+                if let Some(running) = state.actors.get(&key) {
+                    let _ = running.actor.cast(ModelMsg::Wake);
                 }
+            }
+            SupervisorMsg::Sync => {
+                state.sync(&myself).await;
+                tracing::info!(actors = state.actors.len(), "every model has its actor");
+            }
+            SupervisorMsg::Resync => {
+                state.ticks = state.ticks.wrapping_add(1);
+                let share = state.ticks % RESYNC_SHARES;
+                if share == 0 {
+                    state.sync(&myself).await;
+                }
+                for running in state.actors.values().filter(|r| r.share == share) {
+                    let _ = running.actor.cast(ModelMsg::Wake);
+                }
+                state.schedule_resync(&myself);
             }
             SupervisorMsg::Respawn(key) => {
                 state.pending.remove(&key);
-                if state.ctx.caches.model(&key).is_some() {
-                    state.spawn(&myself, key).await;
-                }
+                state.ensure(&myself, key, false).await;
             }
         }
         Ok(())
@@ -183,8 +240,8 @@ impl Actor for ModelSupervisor {
                 tracing::error!(model = %key, restarts = count, %error, "model actor failed");
                 if count > state.ctx.supervision.max_restarts {
                     state.restarts.remove(&key);
-                    if let Some(generation) = state.generation(&key) {
-                        state.given_up.insert(key.clone(), generation);
+                    if let Some(current) = state.current(&key) {
+                        state.given_up.insert(key.clone(), current);
                     }
                     give_up(&state.ctx, &key, count, &error.to_string()).await;
                 } else {
@@ -193,7 +250,7 @@ impl Actor for ModelSupervisor {
                         state.ctx.supervision.restart_backoff,
                         state.ctx.supervision.max_backoff,
                     );
-                    state.pending.insert(key.clone(), ());
+                    state.pending.insert(key.clone());
                     myself.send_after(delay, move || SupervisorMsg::Respawn(key));
                 }
             }
@@ -202,9 +259,14 @@ impl Actor for ModelSupervisor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        for (_, actor) in state.actors.drain() {
-            actor.stop(Some("supervisor stopped".into()));
+    async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        // Every actor is stopped and awaited (bounded): once this returns, no model actor of
+        // this replica writes any more.
+        let timeout = state.ctx.supervision.stop_timeout;
+        myself
+            .stop_children_and_wait(Some("supervisor stopped".into()), Some(timeout))
+            .await;
+        for _ in state.actors.drain() {
             state.ctx.metrics.actor_stopped();
         }
         Ok(())

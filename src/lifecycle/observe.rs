@@ -3,9 +3,9 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 
 use crate::resources::{COMPONENT_DOWNLOAD, COMPONENT_LABEL, SOURCE_ANNOTATION, SPEC_HASH_ANNOTATION, VERSION_LABEL};
 
@@ -24,6 +24,12 @@ pub struct Observed {
     pub service: Option<ServiceObs>,
     /// The current time, passed in so the core never reads a clock.
     pub now: Timestamp,
+    /// Objects (`kind/name`) with the model's labels or a child's name, still owned by an
+    /// MLModel of the same name with another uid: a deleted model's children, going away.
+    pub previous_owner: Vec<String>,
+    /// Objects (`kind/name`) with the model's labels or a child's name that neither this model
+    /// nor a previous one of its name owns.
+    pub foreign: Vec<String>,
 }
 
 impl Observed {
@@ -231,10 +237,10 @@ pub fn deployment(d: &Deployment) -> DeploymentObs {
     }
 }
 
-/// Summarises the Service.
-pub fn service(s: &Service) -> ServiceObs {
+/// Summarises the Service (its metadata is all that is needed).
+pub fn service<K: Resource<DynamicType = ()>>(s: &K) -> ServiceObs {
     ServiceObs {
         spec_hash: s.annotations().get(SPEC_HASH_ANNOTATION).cloned(),
-        deleting: s.metadata.deletion_timestamp.is_some(),
+        deleting: s.meta().deletion_timestamp.is_some(),
     }
 }

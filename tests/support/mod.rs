@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -496,4 +496,49 @@ where
 /// Names of the objects, for assertion messages.
 pub fn names<K: ResourceExt>(objs: &[K]) -> Vec<String> {
     objs.iter().map(ResourceExt::name_any).collect()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Kills the API server, keeps it down for `outage`, and starts it again with the same
+/// command line, recording the new pid where `cluster.sh down` finds it.
+pub fn restart_apiserver(state_dir: &Path, outage: Duration) {
+    let pidfile = state_dir.join("pids/kube-apiserver.pid");
+    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let argv: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the API server did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(outage);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(state_dir.join("logs/kube-apiserver.log"))
+        .unwrap();
+    // The cluster's own `down` stops the new API server (by the pid recorded below), as it did
+    // the first one; this process never waits for it.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new("setsid")
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(&pidfile, child.id().to_string()).unwrap();
 }

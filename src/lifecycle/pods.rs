@@ -1,0 +1,102 @@
+//! Diagnosis of one pod: why it does not run as it should, and whether a grace period has
+//! made that fatal.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::{PodObs, Settings, reason};
+
+pub(super) fn first_line(s: &str) -> String {
+    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    line.chars().take(1024).collect()
+}
+
+/// Why one pod is not running as it should.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Problem {
+    pub pod: String,
+    pub reason: String,
+    pub message: String,
+    pub fatal: bool,
+    /// When a grace period will make it fatal; `None` when time alone changes nothing.
+    pub fatal_in: Option<Duration>,
+}
+
+pub(super) fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
+}
+
+pub(super) fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Option<Problem> {
+    let grace = |since: Option<Timestamp>, grace: Duration| {
+        let waited = since.map_or(Duration::ZERO, |s| elapsed(s, now));
+        (waited >= grace, Some(grace.saturating_sub(waited)))
+    };
+    let problem = |reason: &str, message: String, (fatal, fatal_in): (bool, Option<Duration>)| Problem {
+        pod: pod.name.clone(),
+        reason: reason.to_owned(),
+        message: format!("pod {}: {message}", pod.name),
+        fatal,
+        fatal_in,
+    };
+    if let Some((message, since)) = &pod.unschedulable {
+        return Some(problem(
+            reason::UNSCHEDULABLE,
+            message.clone(),
+            grace(since.or(pod.created), settings.unschedulable_grace),
+        ));
+    }
+    let last_exit = pod
+        .terminated
+        .as_ref()
+        .map(|t| {
+            let msg = first_line(&t.message);
+            let msg = if msg.is_empty() {
+                String::new()
+            } else {
+                format!(": {msg}")
+            };
+            format!("last exit {} (exit code {}){msg}", t.reason, t.exit_code)
+        })
+        .unwrap_or_default();
+    if let Some((container, reason, message, image)) = &pod.waiting {
+        return Some(match reason.as_str() {
+            "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => problem(
+                "ImagePullBackOff",
+                format!("container {container} cannot pull image {image}: {reason}: {message}"),
+                if reason == "InvalidImageName" {
+                    (true, None)
+                } else {
+                    grace(pod.created, settings.image_pull_grace)
+                },
+            ),
+            "CrashLoopBackOff" => {
+                let oom = pod.terminated.as_ref().is_some_and(|t| t.reason == "OOMKilled");
+                problem(
+                    if oom { "OOMKilled" } else { "CrashLoopBackOff" },
+                    format!(
+                        "container {container} is crash-looping after {} restarts, {last_exit}",
+                        pod.restarts
+                    ),
+                    (pod.restarts >= settings.crash_loop_restarts, None),
+                )
+            }
+            _ => problem(
+                reason,
+                format!("container {container} is waiting: {reason}: {message}"),
+                grace(pod.created, settings.image_pull_grace),
+            ),
+        });
+    }
+    if pod.phase == "Failed" && !pod.download {
+        return Some(problem("PodFailed", format!("pod failed, {last_exit}"), (true, None)));
+    }
+    if pod.terminated.as_ref().is_some_and(|t| t.reason == "OOMKilled") && !pod.ready {
+        return Some(problem(
+            "OOMKilled",
+            format!("container was OOMKilled, {last_exit}"),
+            (pod.restarts >= settings.crash_loop_restarts, None),
+        ));
+    }
+    None
+}
