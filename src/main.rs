@@ -52,6 +52,15 @@ struct RunArgs {
     #[arg(long, env = "DOWNLOADER_PULL_POLICY", default_value = "IfNotPresent")]
     downloader_pull_policy: String,
 
+    /// OTLP endpoint the download Jobs export their spans to, where it differs from the
+    /// operator's own `OTEL_EXPORTER_OTLP_ENDPOINT` (the default).
+    #[arg(long, env = "DOWNLOADER_OTLP_ENDPOINT")]
+    downloader_otlp_endpoint: Option<String>,
+
+    /// OTLP protocol of that endpoint (`grpc`, `http/protobuf`); the operator's own by default.
+    #[arg(long, env = "DOWNLOADER_OTLP_PROTOCOL")]
+    downloader_otlp_protocol: Option<String>,
+
     /// DNS suffix of the cluster, used in `status.serviceEndpoint`.
     #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
@@ -149,7 +158,11 @@ impl RunArgs {
                     downloader_image: self.downloader_image,
                     cluster_domain: self.cluster_domain,
                     downloader_pull_policy: self.downloader_pull_policy,
-                    downloader_telemetry_env: downloader_telemetry_env(),
+                    downloader_telemetry_env: downloader_telemetry_env(
+                        |k| std::env::var(k).ok(),
+                        self.downloader_otlp_endpoint.as_deref(),
+                        self.downloader_otlp_protocol.as_deref(),
+                    ),
                 },
                 unschedulable_grace: Duration::from_secs(self.unschedulable_grace_seconds),
                 image_pull_grace: Duration::from_secs(self.image_pull_grace_seconds),
@@ -176,7 +189,13 @@ impl RunArgs {
 
 /// The operator's own OTLP export settings, handed to download Jobs so the downloader's
 /// spans reach the same collector (the operator's service name is not passed on).
-fn downloader_telemetry_env() -> Vec<(String, String)> {
+/// The OTLP settings the download Jobs get: the operator's own, or the downloader's endpoint
+/// and protocol where they are set (an in-cluster collector address, say).
+fn downloader_telemetry_env(
+    operator_env: impl Fn(&str) -> Option<String>,
+    endpoint: Option<&str>,
+    protocol: Option<&str>,
+) -> Vec<(String, String)> {
     const PASSED: [&str; 6] = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -185,10 +204,20 @@ fn downloader_telemetry_env() -> Vec<(String, String)> {
         "OTEL_TRACES_SAMPLER",
         "OTEL_TRACES_SAMPLER_ARG",
     ];
-    PASSED
+    let overridden =
+        |k: &str| (endpoint.is_some() && k.contains("ENDPOINT")) || (protocol.is_some() && k.contains("PROTOCOL"));
+    let mut env: Vec<(String, String)> = PASSED
         .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
-        .collect()
+        .filter(|k| !overridden(k))
+        .filter_map(|k| operator_env(k).map(|v| ((*k).to_owned(), v)))
+        .collect();
+    if let Some(endpoint) = endpoint {
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), endpoint.to_owned()));
+    }
+    if let Some(protocol) = protocol {
+        env.push(("OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(), protocol.to_owned()));
+    }
+    env
 }
 
 fn main() -> ExitCode {
@@ -264,4 +293,52 @@ async fn async_main(cli: Cli) -> ExitCode {
     };
     drop(guard);
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::downloader_telemetry_env;
+
+    fn operator(k: &str) -> Option<String> {
+        match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:4317".to_owned()),
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => Some("http://127.0.0.1:4317/traces".to_owned()),
+            "OTEL_TRACES_SAMPLER" => Some("always_on".to_owned()),
+            _ => None,
+        }
+    }
+
+    fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    #[test]
+    fn download_jobs_get_the_operators_otlp_settings_by_default() {
+        let env = downloader_telemetry_env(operator, None, None);
+        assert_eq!(
+            pairs(&env),
+            [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:4317/traces"),
+                ("OTEL_TRACES_SAMPLER", "always_on"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_downloaders_own_endpoint_and_protocol_replace_the_operators() {
+        let env = downloader_telemetry_env(
+            operator,
+            Some("http://collector.observability:4318"),
+            Some("http/protobuf"),
+        );
+        assert_eq!(
+            pairs(&env),
+            [
+                ("OTEL_TRACES_SAMPLER", "always_on"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.observability:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ]
+        );
+    }
 }

@@ -244,6 +244,15 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
             .push(crate::api::FINALIZER.to_owned());
     }
     let decision = lifecycle::decide(&model, &observed, &state.ctx.settings);
+    // A new rollout's trace context is recorded before any child carries it: a download Job
+    // created first would join a trace that an operator restarted in between never continues.
+    let stored_context = state.status.as_ref().and_then(|s| s.traceparent.as_ref());
+    if decision.status.traceparent.as_ref() != stored_context
+        && decision.actions.iter().any(|a| matches!(a, Action::ApplyJob(_)))
+        && let Err(error) = report(state, &model, decision.status.clone()).await
+    {
+        return handle_error(myself, state, &model, &observed, error).await;
+    }
     let forced: Vec<String> = decision
         .actions
         .iter()
