@@ -285,21 +285,23 @@ async fn a_spec_change_rolls_out_the_new_generation() {
     assert_eq!(serving.generation, 3);
     assert_eq!(serving.model_url, "https://models.example.com/upd/v2.tar.gz");
     assert!(ns.api::<Job>().get_opt("upd-download-3").await.unwrap().is_some());
-    let pods = ns
-        .api::<Pod>()
-        .list(&ListParams::default().labels("app.kubernetes.io/component=serving"))
-        .await
-        .unwrap();
-    let versions: Vec<_> = pods
-        .items
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.labels().get("mlmodel.oda.tmforum.org/version").cloned())
-        .collect();
-    assert!(
-        !versions.is_empty() && versions.iter().all(|v| v == "3"),
-        "serving pods of version 3 only: {versions:?}"
-    );
+    // The Deployment controller scales the old ReplicaSet down once the new pods are ready,
+    // which may be just after the model reports Ready.
+    let pod_api = ns.api::<Pod>();
+    support::poll_until("serving pods of version 3 only", TIMEOUT, || async {
+        let pods = pod_api
+            .list(&ListParams::default().labels("app.kubernetes.io/component=serving"))
+            .await
+            .ok()?;
+        let versions: Vec<_> = pods
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.labels().get("mlmodel.oda.tmforum.org/version").cloned())
+            .collect();
+        (!versions.is_empty() && versions.iter().all(|v| v == "3")).then_some(())
+    })
+    .await;
     support::wait_for_deletion(&ns.api::<Job>(), "upd-download-1", TIMEOUT).await;
 }
 
