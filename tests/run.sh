@@ -49,7 +49,7 @@ t=$SECONDS
 log="$(mktemp)"
 trap 'rm -f "$log"; tests/cluster/cluster.sh down "$node_cluster" >/dev/null 2>&1 || true' EXIT
 status=0
-cargo test --locked --features fault-injection --lib --bins --tests -- "$@" 2>&1 | tee "$log" || status=$?
+cargo test --locked --no-fail-fast --features fault-injection --lib --bins --tests -- "$@" 2>&1 | tee "$log" || status=$?
 echo "tests ran in $((SECONDS - t))s; total $((SECONDS - start))s" >&2
 # One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
