@@ -94,7 +94,10 @@ async fn apply_to_ready_creates_owned_children_and_reports_every_phase() {
     );
     let pod_spec = deploy.spec.unwrap().template.spec.unwrap();
     let probe = pod_spec.containers[0].readiness_probe.clone().unwrap();
-    assert_eq!(probe.http_get.unwrap().path.as_deref(), Some("/v1/models/iris/metadata"));
+    assert_eq!(
+        probe.http_get.unwrap().path.as_deref(),
+        Some("/v1/models/iris/metadata")
+    );
     let svc = ns.api::<Service>().get("iris").await.unwrap();
     assert!(
         owned(svc.metadata.owner_references.as_ref()),
