@@ -176,6 +176,73 @@ async fn a_real_model_becomes_ready_and_answers_through_its_service() {
     assert_eq!(answer_of(&json), ("v1".to_owned(), vec![0, 1, 2]), "{json}");
 }
 
+/// A Secret holding S3 credentials for the node's S3 store, signed with `secret_key`.
+fn s3_secret_yaml(name: &str, secret_key: &str) -> String {
+    let s3 = &real_node().s3;
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  \
+         AWS_ACCESS_KEY_ID: {}\n  AWS_SECRET_ACCESS_KEY: {secret_key}\n  AWS_REGION: us-east-1\n  \
+         AWS_ENDPOINT_URL: {}\n",
+        s3.access_key, s3.url
+    )
+}
+
+#[tokio::test]
+async fn a_model_in_an_s3_bucket_is_served_with_the_credentials_of_its_secret() {
+    let ns = setup("serve-s3").await;
+    let v1 = artifact("v1");
+    let s3 = &real_node().s3;
+    let key = format!("{}/model.tar.gz", ns.name);
+    let object = s3.dir.join("models").join(&key);
+    std::fs::create_dir_all(object.parent().expect("parent")).expect("bucket dir");
+    let local = real_node().store_dir.join("serving-tests/v1/model.tar.gz");
+    std::fs::copy(&local, &object).expect("object in the bucket");
+    ns.apply_yaml(&s3_secret_yaml("s3-good", &s3.secret_key));
+    ns.apply_yaml(&s3_secret_yaml("s3-wrong", "not-the-secret"));
+    let url = format!("s3://models/{key}");
+    ns.apply_yaml(&model_yaml(
+        "iris",
+        &url,
+        Some(&v1.sha256),
+        "  credentials:\n    name: s3-good\n",
+    ));
+    ns.apply_yaml(&model_yaml(
+        "denied",
+        &url,
+        Some(&v1.sha256),
+        "  credentials:\n    name: s3-wrong\n",
+    ));
+    ns.apply_yaml(&model_yaml(
+        "absent",
+        &format!("s3://models/{}/absent.tar.gz", ns.name),
+        None,
+        "  credentials:\n    name: s3-good\n",
+    ));
+
+    let models = ns.api::<MLModel>();
+    wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
+    let address = service_address(&ns, "iris").await;
+    let (code, json) = answered(&address).await;
+    assert_eq!(code, 200, "{json}");
+    assert_eq!(answer_of(&json), ("v1".to_owned(), vec![0, 1, 2]), "{json}");
+
+    let denied = wait_for(&models, "denied", READY_TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
+    assert!(
+        message(&denied).starts_with("download failed: AuthFailed: "),
+        "{}",
+        message(&denied)
+    );
+    assert!(!message(&denied).contains("not-the-secret"), "{}", message(&denied));
+    let absent = wait_for(&models, "absent", READY_TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
+    assert_eq!(
+        message(&absent),
+        format!(
+            "download failed: NotFound: HTTP 404 fetching s3://models/{}/absent.tar.gz",
+            ns.name
+        )
+    );
+}
+
 #[tokio::test]
 async fn download_failures_carry_the_downloaders_line_from_the_real_pod() {
     let ns = setup("serve-download-fail").await;

@@ -2,7 +2,8 @@
 # Builds the local cluster's components from their Go modules into a cache outside the
 # repository, keyed by version and by the pinned go.sum files: kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, etcd, kwok,
-# Rancher's local-path-provisioner and Jaeger (v2, in-memory storage for traces). A warm run
+# Rancher's local-path-provisioner and Jaeger (v2, in-memory storage for traces), and the
+# s3s-fs S3-compatible server from crates.io (with cargo). A warm run
 # is a no-op.
 #
 #   tests/cluster/build.sh            build what is missing, print the bin directory
@@ -112,6 +113,21 @@ for g in "${groups[@]}"; do
   rm -rf "$dir/bin" && mv "$dir/bin.tmp" "$dir/bin"
   log "built $name in $((SECONDS - t))s"
 done
+
+# The node's S3-compatible model store: the `s3s-fs` server from crates.io, built with the
+# lock file it was published with.
+dir="$root/s3s-fs-$S3S_FS_VERSION"
+keys+="$dir "
+links+=("$dir/bin/s3s-fs")
+if [[ ! -x "$dir/bin/s3s-fs" ]]; then
+  log "building s3s-fs $S3S_FS_VERSION into $dir (cargo install; a first build takes minutes)"
+  t=$SECONDS
+  rm -rf "$dir.tmp"
+  cargo install --quiet --locked --features binary --version "$S3S_FS_VERSION" --root "$dir.tmp" s3s-fs \
+    >&2 || { log "error: building s3s-fs $S3S_FS_VERSION failed"; exit 1; }
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  log "built s3s-fs in $((SECONDS - t))s"
+fi
 
 bin="$root/bin-$(echo "$keys" | sha256sum | cut -c1-12)"
 if [[ ! -d "$bin" ]]; then

@@ -164,7 +164,12 @@ cmd_up() {
   for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
     [[ -x "$bin/$b" ]] || die "missing $bin/$b"
   done
-  [[ $real_node == 0 ]] || node_images
+  if [[ $real_node == 1 ]]; then
+    for b in kubelet kube-proxy local-path-provisioner jaeger s3s-fs; do
+      [[ -x "$bin/$b" ]] || die "missing $bin/$b"
+    done
+    node_images
+  fi
 
   trap 'on_up_exit' EXIT
   local host=127.0.0.1 api_extra=(--endpoint-reconciler-type=none)
@@ -330,6 +335,7 @@ EOF
     node_start_kube_proxy "$bin" "$url"
     node_start_storage "$bin"
     node_start_model_store
+    node_start_s3_store "$bin"
     node_start_jaeger "$bin"
     node_wait_ready "$bin"
     {
@@ -337,6 +343,10 @@ EOF
       echo "NODE_IP=$node_ip"
       echo "MODEL_STORE_DIR=$state/store"
       echo "MODEL_STORE_URL=http://$node_ip:$model_store_port"
+      echo "S3_STORE_DIR=$state/s3"
+      echo "S3_STORE_URL=http://$node_ip:$s3_store_port"
+      echo "S3_ACCESS_KEY=$s3_access_key"
+      echo "S3_SECRET_KEY=$s3_secret_key"
       echo "JAEGER_OTLP_GRPC=http://$jaeger_otlp_grpc"
       echo "JAEGER_OTLP_HTTP=http://$jaeger_otlp_http"
       echo "JAEGER_QUERY_URL=http://$jaeger_query"

@@ -12,6 +12,7 @@ node_bridge=mlmodel0
 node_subnet=10.90.0.0/24
 node_ip=10.90.0.1
 node_store_port=18090
+node_s3_port=18091
 node_lock=/run/mlmodel-operator-node
 kubelet_root=/var/lib/kubelet
 # Containerd's own content and snapshots (the images) survive `down`, so a warm `up` imports
@@ -348,6 +349,28 @@ node_start_model_store() {
   until curl -fsS --max-time 2 -o /dev/null "http://$node_ip:$model_store_port/" 2>/dev/null; do
     require_running model-store
     ((SECONDS < deadline)) || fail_with_logs model-store "model store not answering after 20s"
+    sleep 0.2
+  done
+}
+
+# node_start_s3_store: an S3-compatible model store (s3s-fs) at the bridge address, serving
+# <state-dir>/s3, one directory per bucket (a `models` bucket is created). It checks AWS
+# signatures against one key pair made for this cluster (S3_* in cluster.env), so a download
+# with a wrong or missing secret is refused the way a real bucket refuses it.
+node_start_s3_store() {
+  local bin="$1"
+  mkdir -p "$state/s3/models"
+  s3_store_port="$node_s3_port"
+  [[ -z "$(ss -Htln "sport = :$s3_store_port" 2>/dev/null)" ]] || die "port $s3_store_port (the S3 store's) is in use"
+  s3_access_key="MLMODELTEST$(openssl rand -hex 4 | tr a-f A-F)"
+  s3_secret_key="$(openssl rand -hex 20)"
+  start s3-store "$bin/s3s-fs" --host "$node_ip" --port "$s3_store_port" \
+    --access-key "$s3_access_key" --secret-key "$s3_secret_key" "$state/s3"
+  local deadline=$((SECONDS + 20))
+  # Unsigned requests are answered (403) once it listens.
+  until curl -sS --max-time 2 -o /dev/null "http://$node_ip:$s3_store_port/" 2>/dev/null; do
+    require_running s3-store
+    ((SECONDS < deadline)) || fail_with_logs s3-store "S3 store not answering after 20s"
     sleep 0.2
   done
 }

@@ -64,10 +64,25 @@ pub struct RealNode {
     pub store_dir: PathBuf,
     /// `http://<ip>:<port>` of the model store, reachable from the host and from pods.
     pub store_url: String,
+    /// The S3-compatible store (s3s-fs): one directory per bucket under `s3_dir`.
+    pub s3: S3Store,
     /// Jaeger's OTLP gRPC endpoint, reachable from the host and from pods.
     pub jaeger_otlp: String,
     /// Jaeger's query API (`/api/traces`, `/api/v3/...`), on loopback.
     pub jaeger_query: String,
+}
+
+/// The real node's S3-compatible model store, which checks signatures against one key pair.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    /// `http://<ip>:<port>`, reachable from the host and from pods.
+    pub url: String,
+    /// Its root: bucket `b`, key `k` is the file `<dir>/b/k`.
+    pub dir: PathBuf,
+    /// The access key it accepts.
+    pub access_key: String,
+    /// The secret key it accepts.
+    pub secret_key: String,
 }
 
 static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
@@ -197,6 +212,12 @@ impl TestCluster {
                 ip: get("NODE_IP")?,
                 store_dir: PathBuf::from(get("MODEL_STORE_DIR")?),
                 store_url: get("MODEL_STORE_URL")?,
+                s3: S3Store {
+                    url: get("S3_STORE_URL")?,
+                    dir: PathBuf::from(get("S3_STORE_DIR")?),
+                    access_key: get("S3_ACCESS_KEY")?,
+                    secret_key: get("S3_SECRET_KEY")?,
+                },
                 jaeger_otlp: get("JAEGER_OTLP_GRPC")?,
                 jaeger_query: get("JAEGER_QUERY_URL")?,
             }),
