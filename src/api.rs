@@ -267,6 +267,11 @@ pub enum Phase {
     Ready,
     /// The model cannot make progress until something changes; see `lastFailure`.
     Failed,
+    /// A spec change could not be rolled out, and the version in `status.serving` keeps
+    /// answering (`Available=True`, `Ready=False` with reason `UpdateFailed`); see
+    /// `lastFailure` for why. A later spec change rolls forward; reverting the spec to the
+    /// serving version recovers at once.
+    UpdateFailed,
     /// The model is being deleted.
     Terminating,
 }
@@ -281,6 +286,7 @@ impl Phase {
             Phase::Serving => "Serving",
             Phase::Ready => "Ready",
             Phase::Failed => "Failed",
+            Phase::UpdateFailed => "UpdateFailed",
             Phase::Terminating => "Terminating",
         }
     }

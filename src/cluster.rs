@@ -55,8 +55,18 @@ pub enum ClusterError {
         /// children are being garbage-collected).
         previous_owner: bool,
     },
-    /// The API server refused the object (422 Invalid, 400, 403): retrying will not help
-    /// until the spec or the operator's permissions change.
+    /// The API server refused a write with 403: a ResourceQuota, a LimitRange, an admission
+    /// policy, a terminating namespace or missing RBAC. Retried with backoff, since the cause
+    /// can go away without the spec changing; the model's status says why meanwhile.
+    #[error("the API server refused {action}: {message}")]
+    Refused {
+        /// What was being done.
+        action: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The API server refused the object (422 Invalid, 400): retrying will not help until
+    /// the spec changes.
     #[error("the API server rejected {action}: {message}")]
     Rejected {
         /// HTTP status code.
@@ -73,7 +83,7 @@ impl ClusterError {
     pub fn category(&self) -> &'static str {
         match self {
             ClusterError::Transient { .. } => "transient",
-            ClusterError::Rejected { code: 403, .. } => "forbidden",
+            ClusterError::Refused { .. } => "forbidden",
             ClusterError::Rejected { .. } => "rejected",
             ClusterError::Fenced { .. } => "fenced",
             ClusterError::Conflict { .. } => "conflict",
@@ -81,9 +91,13 @@ impl ClusterError {
     }
 
     fn classify(action: String, source: kube::Error) -> Self {
-        // 403 is retried like other transient errors: an API server that has just started
-        // answers 403 until its authorizer has synced RBAC.
         match &source {
+            // Retried: an API server that has just started answers 403 until its authorizer
+            // has synced RBAC, and quota can be raised or a policy changed at any time.
+            kube::Error::Api(status) if status.code == 403 => ClusterError::Refused {
+                action,
+                message: status.message.clone(),
+            },
             kube::Error::Api(status) if matches!(status.code, 400 | 422) => ClusterError::Rejected {
                 code: status.code,
                 action,

@@ -284,3 +284,57 @@ async fn a_panicking_actor_is_restarted_then_the_model_fails_with_controller_err
     let m = support::wait_for(&models, "faulty", TIMEOUT, |m| phase(m) == Some(Phase::Ready)).await;
     assert_eq!(m.status.unwrap().observed_generation, Some(2));
 }
+
+/// A ResourceQuota that refuses the download Job: the model says so in the API server's words
+/// (reason `QuotaExceeded`) while the operator keeps trying, and goes on by itself once the
+/// quota is raised.
+#[tokio::test]
+async fn a_quota_that_refuses_the_job_is_reported_and_clears_when_raised() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    use kube::api::{Patch, PatchParams};
+
+    let ns = setup("quota").await;
+    ns.apply_yaml(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: jobs\nspec:\n  hard:\n    count/jobs.batch: \"0\"\n",
+    );
+    // Admission only enforces a quota once the quota controller has computed its usage.
+    support::wait_for(&ns.api::<ResourceQuota>(), "jobs", TIMEOUT, |q| {
+        q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some()
+    })
+    .await;
+    ns.apply_yaml(&held_server("quota", 1));
+    let models = ns.api::<MLModel>();
+    let m = support::wait_for(&models, "quota", TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
+    let failure = m.status.as_ref().unwrap().last_failure.clone().unwrap();
+    assert_eq!(failure.reason, "QuotaExceeded", "{failure:?}");
+    assert!(
+        failure
+            .message
+            .contains("exceeded quota: jobs, requested: count/jobs.batch=1"),
+        "{failure:?}"
+    );
+    let ready = condition(&m, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "QuotaExceeded")
+    );
+    assert!(describe(&ns, "quota").contains("QuotaExceeded"));
+
+    ns.api::<ResourceQuota>()
+        .patch(
+            "jobs",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "hard": { "count/jobs.batch": "1" } } })),
+        )
+        .await
+        .unwrap();
+    let m = support::wait_for(&models, "quota", TIMEOUT, |m| {
+        matches!(phase(m), Some(Phase::Downloading | Phase::Serving | Phase::Ready))
+    })
+    .await;
+    assert!(
+        ns.api::<Job>().get_opt("quota-download-1").await.unwrap().is_some(),
+        "{:?}",
+        m.status
+    );
+}

@@ -531,6 +531,36 @@ async fn a_failed_update_keeps_the_old_version_answering() {
         "the status says why the update failed: {:?}",
         status
     );
+    // A failed update is not a model that is down.
+    assert_eq!(phase(&model), Some(Phase::UpdateFailed), "{status:?}");
+    let condition = |type_: &str| {
+        let c = status.conditions.iter().find(|c| c.type_ == type_).expect("condition");
+        (c.status.clone(), c.reason.clone())
+    };
+    assert_eq!(condition("Available").0, "True");
+    assert_eq!(condition("Ready"), ("False".to_owned(), "UpdateFailed".to_owned()));
+    assert_eq!(status.serving.as_ref().map(|s| s.generation), Some(1));
+
+    // Reverting the spec recovers at once: version 1 is on the volume, no new download.
+    let v1 = artifact("v1");
+    let spec = json!({ "spec": { "modelURL": v1.url, "sha256": v1.sha256 } });
+    let models = ns.api::<MLModel>();
+    models
+        .patch("iris", &PatchParams::default(), &Patch::Merge(spec))
+        .await
+        .expect("revert");
+    wait_for(&models, "iris", Duration::from_secs(30), ready_at_generation).await;
+    let jobs: Vec<String> = ns
+        .api::<k8s_openapi::api::batch::v1::Job>()
+        .list(&Default::default())
+        .await
+        .expect("jobs")
+        .items
+        .iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .filter_map(|j| j.metadata.name.clone())
+        .collect();
+    assert_eq!(jobs, vec!["iris-download-1".to_owned()]);
 }
 
 #[tokio::test]

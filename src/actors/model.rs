@@ -371,14 +371,28 @@ async fn handle_error(
             tracing::info!(model = %state.key, %error, "not writing: leadership is not certain");
             Ok(())
         }
-        ClusterError::Rejected { code, .. } => {
-            // 403 means the operator's RBAC is missing a permission, not that the spec is wrong.
-            let reason = if code == 403 {
-                reason::FORBIDDEN
-            } else {
-                reason::INVALID_SPEC
-            };
+        ClusterError::Refused { ref message, .. } => {
+            // Quota, admission, a terminating namespace or RBAC: the status names the cause in
+            // the API server's words, and the write is tried again with backoff, so the model
+            // goes on by itself once the cause is gone.
+            let reason = lifecycle::refusal_reason(message);
             let status = lifecycle::failed_status(model, reason, &error.to_string(), Timestamp::now());
+            if let Err(error) = report(state, model, status).await {
+                state.ctx.metrics.reconcile_error(error.category());
+                tracing::warn!(model = %state.key, %error, "could not report the refusal");
+            }
+            let delay = backoff(
+                state.retries,
+                Duration::from_millis(500),
+                state.ctx.supervision.max_backoff,
+            );
+            state.retries = state.retries.saturating_add(1);
+            tracing::warn!(model = %state.key, %error, %reason, retry_in_ms = delay.as_millis() as u64, "write refused; will retry");
+            state.wake_after(myself, delay);
+            Ok(())
+        }
+        ClusterError::Rejected { .. } => {
+            let status = lifecycle::failed_status(model, reason::INVALID_SPEC, &error.to_string(), Timestamp::now());
             match report(state, model, status).await {
                 Ok(()) => Ok(()),
                 // The failure could not be written either: try the whole reconcile again later.

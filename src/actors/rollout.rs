@@ -90,7 +90,7 @@ impl RolloutTrace {
         if let Some(previous) = rollout.span.take() {
             drop(previous.enter());
         }
-        if matches!(phase, Phase::Ready | Phase::Failed) {
+        if matches!(phase, Phase::Ready | Phase::Failed | Phase::UpdateFailed) {
             let outcome = rollout_span(
                 if phase == Phase::Ready {
                     "mlmodel.ready"
@@ -101,7 +101,7 @@ impl RolloutTrace {
                 phase,
             );
             telemetry::set_parent_from_traceparent(&outcome, &rollout.traceparent);
-            if let Some(f) = status.last_failure.as_ref().filter(|_| phase == Phase::Failed) {
+            if let Some(f) = status.last_failure.as_ref().filter(|_| phase != Phase::Ready) {
                 outcome.record("otel.status_code", "ERROR");
                 // tracing-opentelemetry's field for the status message (`otel.status_message`
                 // would only be an attribute).

@@ -181,8 +181,18 @@ pub mod reason {
     pub const CONTROLLER_ERROR: &str = "ControllerError";
     /// The model's volume lost its PersistentVolume.
     pub const VOLUME_LOST: &str = "VolumeLost";
-    /// The operator lacks a permission it needs.
+    /// A write was refused with 403 for want of a permission (RBAC or an admission policy
+    /// that names no other cause).
     pub const FORBIDDEN: &str = "Forbidden";
+    /// A write was refused because it would exceed a ResourceQuota.
+    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+    /// A write was refused by an admission check: a LimitRange, a validating admission policy
+    /// or webhook, Pod Security admission.
+    pub const ADMISSION_DENIED: &str = "AdmissionDenied";
+    /// A write was refused because the namespace is being deleted.
+    pub const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
+    /// A spec change could not be rolled out; the previous version keeps serving.
+    pub const UPDATE_FAILED: &str = "UpdateFailed";
     /// The download Job failed.
     pub const DOWNLOAD_FAILED: &str = "DownloadFailed";
     /// The serving pods cannot be scheduled.
@@ -191,6 +201,58 @@ pub mod reason {
     pub const RESOURCE_EXISTS: &str = "ResourceExists";
     /// Children of a deleted model of the same name are still being removed.
     pub const WAITING_FOR_PREVIOUS_MODEL: &str = "WaitingForPreviousModel";
+    /// A container's image cannot be pulled.
+    pub const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
+    /// A serving container keeps exiting.
+    pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+    /// A serving container ran out of memory.
+    pub const OOM_KILLED: &str = "OOMKilled";
+    /// A serving pod failed for good.
+    pub const POD_FAILED: &str = "PodFailed";
+
+    /// Every reason a failure can carry (besides a kubelet's own waiting reason, passed
+    /// through): README's troubleshooting table has one row for each, and a test holds the two
+    /// together.
+    pub const FAILURES: &[&str] = &[
+        INVALID_SPEC,
+        DOWNLOAD_FAILED,
+        UNSCHEDULABLE,
+        IMAGE_PULL_BACK_OFF,
+        CRASH_LOOP_BACK_OFF,
+        OOM_KILLED,
+        POD_FAILED,
+        VOLUME_LOST,
+        QUOTA_EXCEEDED,
+        ADMISSION_DENIED,
+        NAMESPACE_TERMINATING,
+        FORBIDDEN,
+        CONTROLLER_ERROR,
+        RESOURCE_EXISTS,
+        UPDATE_FAILED,
+    ];
+}
+
+/// The reason for a write the API server refused with 403, from its message: quota,
+/// admission (LimitRange, admission policies and webhooks, Pod Security), a namespace being
+/// deleted, or else a missing permission.
+pub fn refusal_reason(message: &str) -> &'static str {
+    let m = message.to_ascii_lowercase();
+    if m.contains("exceeded quota") || m.contains("must specify limits") || m.contains("must specify requests") {
+        reason::QUOTA_EXCEEDED
+    } else if m.contains("because it is being terminated") {
+        reason::NAMESPACE_TERMINATING
+    } else if m.contains("validatingadmissionpolicy")
+        || m.contains("admission webhook")
+        || m.contains("violates podsecurity")
+        || m.contains(" per container ")
+        || m.contains(" per pod ")
+        || m.contains(" per persistentvolumeclaim ")
+        || m.contains("denied the request")
+    {
+        reason::ADMISSION_DENIED
+    } else {
+        reason::FORBIDDEN
+    }
 }
 
 /// The status of a model that failed for `reason` outside the core's own decisions (the API
@@ -198,7 +260,7 @@ pub mod reason {
 pub fn failed_status(model: &MLModel, reason: &str, message: &str, now: Timestamp) -> MLModelStatus {
     let mut report = Report::new(model, now, &Settings::default());
     report.fail(reason, message.to_owned());
-    report.status
+    report.into_decision(Vec::new(), None).status
 }
 
 /// What the stages build together: the status, the actions and the earliest wake-up.
@@ -234,6 +296,7 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
     if let Err(invalid) = validate(model) {
         plan.report
             .fail(reason::INVALID_SPEC, format!("{}: {}", invalid.field, invalid.message));
+        serving::availability(observed, &mut plan);
         return plan.into_decision();
     }
     // A model whose actor kept failing stays Failed until its spec changes.
@@ -253,6 +316,7 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
             observed.foreign.join(", ")
         );
         plan.report.fail(reason::RESOURCE_EXISTS, message);
+        serving::availability(observed, &mut plan);
         return plan.into_decision();
     }
     if !observed.previous_owner.is_empty() {
@@ -301,7 +365,7 @@ pub fn transition_event(old: Option<&MLModelStatus>, new: &MLModelStatus) -> Opt
         .last_failure
         .as_ref()
         .filter(|f| old.and_then(|o| o.last_failure.as_ref()) != Some(*f));
-    if new.phase == Some(Phase::Failed)
+    if matches!(new.phase, Some(Phase::Failed | Phase::UpdateFailed))
         && let Some(f) = new_failure
     {
         return Some(EventNote {

@@ -62,7 +62,7 @@ pub(super) fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Opt
     if let Some((container, reason, message, image)) = &pod.waiting {
         return Some(match reason.as_str() {
             "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => problem(
-                "ImagePullBackOff",
+                reason::IMAGE_PULL_BACK_OFF,
                 format!("container {container} cannot pull image {image}: {reason}: {message}"),
                 if reason == "InvalidImageName" {
                     (true, None)
@@ -73,7 +73,11 @@ pub(super) fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Opt
             "CrashLoopBackOff" => {
                 let oom = pod.terminated.as_ref().is_some_and(|t| t.reason == "OOMKilled");
                 problem(
-                    if oom { "OOMKilled" } else { "CrashLoopBackOff" },
+                    if oom {
+                        reason::OOM_KILLED
+                    } else {
+                        reason::CRASH_LOOP_BACK_OFF
+                    },
                     format!(
                         "container {container} is crash-looping after {} restarts, {last_exit}",
                         pod.restarts
@@ -89,11 +93,15 @@ pub(super) fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Opt
         });
     }
     if pod.phase == "Failed" && !pod.download {
-        return Some(problem("PodFailed", format!("pod failed, {last_exit}"), (true, None)));
+        return Some(problem(
+            reason::POD_FAILED,
+            format!("pod failed, {last_exit}"),
+            (true, None),
+        ));
     }
     if pod.terminated.as_ref().is_some_and(|t| t.reason == "OOMKilled") && !pod.ready {
         return Some(problem(
-            "OOMKilled",
+            reason::OOM_KILLED,
             format!("container was OOMKilled, {last_exit}"),
             (pod.restarts >= settings.crash_loop_restarts, None),
         ));

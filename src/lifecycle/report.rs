@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::pods::Problem;
-use super::{Action, Decision, Settings};
+use super::{Action, Decision, Settings, reason};
 use crate::api::{Failure, MLModel, MLModelStatus, Phase, ServingVersion};
 use crate::download::redact_url;
 use crate::resources;
@@ -65,7 +65,7 @@ impl Report {
     }
 
     pub(super) fn failed_for_this_generation(&self, reason: &str) -> bool {
-        self.previous.phase == Some(Phase::Failed)
+        matches!(self.previous.phase, Some(Phase::Failed | Phase::UpdateFailed))
             && self.previous.observed_generation == Some(self.generation)
             && self.previous.last_failure.as_ref().is_some_and(|f| f.reason == reason)
     }
@@ -103,7 +103,7 @@ impl Report {
             .last_failure
             .as_ref()
             .filter(|f| f.reason == reason && f.message == message)
-            .filter(|_| self.previous.phase == Some(Phase::Failed));
+            .filter(|_| matches!(self.previous.phase, Some(Phase::Failed | Phase::UpdateFailed)));
         let time = same.map_or(Time(self.now), |f| f.time.clone());
         self.status.last_failure = Some(Failure {
             reason: reason.to_owned(),
@@ -150,7 +150,42 @@ impl Report {
         self.phase(Phase::Ready, reason, message);
     }
 
-    pub(super) fn into_decision(self, actions: Vec<Action>, requeue_after: Option<Duration>) -> Decision {
+    /// A failure while an earlier version keeps serving is a failed update, not a model that
+    /// is down: the phase says so, `Ready` is False with reason `UpdateFailed`, and
+    /// `Available`, `serving` and `serviceEndpoint` stay what they are.
+    fn failed_update(&mut self) {
+        let available = self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True");
+        let ready_now =
+            self.previous.phase == Some(Phase::Ready) && self.previous.observed_generation == Some(self.generation);
+        if ready_now {
+            return;
+        }
+        let (Some(Phase::Failed), true, Some(serving), Some(failure)) = (
+            self.status.phase,
+            available,
+            self.status.serving.clone(),
+            self.status.last_failure.clone(),
+        ) else {
+            return;
+        };
+        let message = format!(
+            "the update to generation {} failed ({}): {}; version {} keeps serving",
+            self.generation, failure.reason, failure.message, serving.generation
+        );
+        self.condition("Ready", false, reason::UPDATE_FAILED, &message);
+        self.status.phase = Some(Phase::UpdateFailed);
+        self.status.message = Some(message);
+        if self.status.service_endpoint.is_none() {
+            self.status.service_endpoint = self.endpoint.clone();
+        }
+    }
+
+    pub(super) fn into_decision(mut self, actions: Vec<Action>, requeue_after: Option<Duration>) -> Decision {
+        self.failed_update();
         Decision {
             actions,
             status: self.status,

@@ -119,6 +119,20 @@ pub(super) fn serving_of_previous_version(model: &MLModel, observed: &Observed, 
     }
 }
 
+/// `Available` when the spec cannot be acted on: whatever serves now goes on serving.
+pub(super) fn availability(observed: &Observed, plan: &mut Plan) {
+    let ready = observed.pods.iter().filter(|p| !p.download && p.ready).count();
+    if ready > 0 {
+        plan.report.available(
+            true,
+            "PreviousVersion",
+            &format!("the previous version serves on {ready} pods"),
+        );
+    } else {
+        plan.report.available(false, "NotServing", "no pod serves the model");
+    }
+}
+
 fn expose(model: &MLModel, observed: &Observed, actions: &mut Vec<Action>) {
     let desired = resources::with_spec_hash(resources::service(model));
     match (&observed.service, model.spec.expose) {

@@ -596,3 +596,63 @@ fn a_download_superseded_by_a_newer_spec_is_deleted() {
     assert_eq!(d.status.phase, Some(Phase::Downloading));
     assert_eq!(condition(&d.status, "Available").reason, "NotServing");
 }
+
+/// A new version that fails to download while the old one serves is a failed update: the
+/// model stays Available on its endpoint, `Ready` is False with reason `UpdateFailed`, and
+/// reverting the spec recovers at once with no new download.
+#[test]
+fn a_failed_update_keeps_the_model_available_and_says_the_update_failed() {
+    let v1 = model();
+    let serving_v1 = serving(&v1, 1, vec![ready_pod("iris-serving-old", 1)]);
+    let ready = decide(&v1, &serving_v1, &settings()).status;
+    let mut v2 = next_generation(&v1, ready.clone());
+    v2.spec.model_url = "https://models.example.com/absent.tar.gz".to_owned();
+    let mut failing = serving_v1.clone();
+    failing.jobs.push(failed_job(&v2, 2));
+
+    let d = decide(&v2, &failing, &settings());
+    assert_eq!(d.status.phase, Some(Phase::UpdateFailed));
+    let ready_condition = condition(&d.status, "Ready");
+    assert_eq!(
+        (ready_condition.status.as_str(), ready_condition.reason.as_str()),
+        ("False", "UpdateFailed")
+    );
+    assert!(
+        message(&d)
+            .starts_with("the update to generation 2 failed (DownloadFailed): download Job iris-download-2 failed"),
+        "{}",
+        message(&d)
+    );
+    assert!(message(&d).ends_with("; version 1 keeps serving"), "{}", message(&d));
+    assert_eq!(last_failure(&d).reason, "DownloadFailed");
+    assert_eq!(condition(&d.status, "Available").status, "True");
+    assert_eq!(d.status.service_endpoint.as_deref(), Some(ENDPOINT));
+    assert_eq!(d.status.serving.as_ref().map(|s| s.generation), Some(1));
+    let event = transition_event(Some(&ready), &d.status).expect("an Event");
+    assert!(event.warning);
+    assert_eq!(event.reason, "DownloadFailed");
+
+    // Reverting the URL: version 1 is what the spec needs again, already on the volume.
+    let mut v3 = next_generation(&v2, d.status);
+    v3.spec.model_url = v1.spec.model_url.clone();
+    assert_eq!(target_version(&v3, &failing), 1);
+    let d = decide(&v3, &failing, &settings());
+    assert_eq!(d.status.phase, Some(Phase::Ready));
+    assert!(
+        !summary(&d.actions).iter().any(|a| a.starts_with("ApplyJob")),
+        "{:?}",
+        summary(&d.actions)
+    );
+}
+
+/// Without a version serving, a failed download is plainly Failed.
+#[test]
+fn a_failed_first_rollout_is_failed_not_a_failed_update() {
+    let m = model();
+    let mut observed = nothing();
+    observed.pvc = pvc("Bound");
+    observed.jobs.push(failed_job(&m, 1));
+    let d = decide(&m, &observed, &settings());
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(condition(&d.status, "Ready").reason, "DownloadFailed");
+}

@@ -20,8 +20,8 @@ use kube::ResourceExt;
 use super::deletion::child_label;
 use super::observe::{self, DeploymentObs, JobObs, PvcObs, ServiceObs, Terminated};
 use super::{
-    Action, ChildRef, Decision, Observed, PodObs, Settings, decide, failed_status, reason, target_version,
-    transition_event, validate,
+    Action, ChildRef, Decision, Observed, PodObs, Settings, decide, failed_status, reason, refusal_reason,
+    target_version, transition_event, validate,
 };
 use crate::api::{FINALIZER, Failure, Framework, MLModel, MLModelSpec, MLModelStatus, Phase, RuntimeOverride};
 use crate::resources::{self, BuildSettings, DownloadContext};
@@ -1022,4 +1022,61 @@ fn children_of_a_deleted_model_of_the_same_name_are_waited_for() {
     assert_eq!(d.status.phase, Some(Phase::Pending));
     assert!(message(&d).contains("job/iris-v1"), "{}", message(&d));
     assert_eq!(condition(&d.status, "Ready").reason, "WaitingForPreviousModel");
+}
+
+/// 403 answers are told apart by the API server's own words.
+#[test]
+fn refusals_are_classified_from_the_api_servers_message() {
+    for (message, expected) in [
+        (
+            r#"jobs.batch "iris-download-1" is forbidden: exceeded quota: jobs, requested: count/jobs.batch=1, used: count/jobs.batch=1, limited: count/jobs.batch=1"#,
+            "QuotaExceeded",
+        ),
+        (
+            r#"persistentvolumeclaims "iris-model" is forbidden: exceeded quota: storage, requested: requests.storage=1Gi, used: requests.storage=0, limited: requests.storage=100Mi"#,
+            "QuotaExceeded",
+        ),
+        (
+            r#"persistentvolumeclaims "iris-model" is forbidden: maximum storage usage per PersistentVolumeClaim is 500Mi, but request is 1Gi"#,
+            "AdmissionDenied",
+        ),
+        (
+            r#"deployments.apps "iris-serving" is forbidden: ValidatingAdmissionPolicy 'no-gpu' with binding 'no-gpu' denied request: no GPUs here"#,
+            "AdmissionDenied",
+        ),
+        (
+            r#"admission webhook "policy.example.com" denied the request: image not allowed"#,
+            "AdmissionDenied",
+        ),
+        (
+            r#"jobs.batch "iris-download-1" is forbidden: unable to create new content in namespace ml because it is being terminated"#,
+            "NamespaceTerminating",
+        ),
+        (
+            r#"jobs.batch is forbidden: User "system:serviceaccount:mlmodel-system:mlmodel-operator" cannot create resource "jobs" in API group "batch" in the namespace "ml""#,
+            "Forbidden",
+        ),
+    ] {
+        assert_eq!(refusal_reason(message), expected, "{message}");
+    }
+}
+
+/// README's troubleshooting table and the code name the same reasons, row for row.
+#[test]
+fn the_readme_documents_every_failure_reason_and_no_other() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("## Troubleshooting by reason")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a troubleshooting section");
+    let mut documented: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    documented.sort_unstable();
+    let mut code: Vec<&str> = reason::FAILURES.to_vec();
+    code.sort_unstable();
+    assert_eq!(documented, code);
 }
