@@ -9,7 +9,8 @@ CRD         := deploy/crd/mlmodels.yaml
 help:
 	@echo "make demo          build, start a local cluster, run the operator on the samples (deploy/demo.sh)"
 	@echo "make test          build what is missing and run every test, unit and integration (tests/run.sh)"
-	@echo "make bench         reaction-time benchmark on the local control plane (benches/lifecycle.rs)"
+	@echo "make bench         reaction-time benchmark on the local control plane (benches/lifecycle.rs), and"
+	@echo "                   download throughput on the real node against curl (benches/throughput.rs; root)"
 	@echo "make build         cargo build --release --locked --bin mlmodel-operator"
 	@echo "make images        build the real node's images with podman (tests/cluster/images.sh; root)"
 	@echo "make crd           regenerate $(CRD) from the code"
@@ -26,6 +27,7 @@ test:
 
 bench:
 	$(CARGO) bench --locked --bench lifecycle
+	$(CARGO) bench --locked --bench throughput
 
 build:
 	$(CARGO) build --release --locked --bin mlmodel-operator

@@ -10,7 +10,7 @@
 #
 # Images: debian (debootstrap'ed base), rust (builder base from this machine's toolchain),
 # distroless-cc (runtime base look-alike), pause, busybox, mlserver, operator (the project's
-# own Dockerfile).
+# own Dockerfile); and curl, built only when named (the throughput benchmark's reference).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -37,8 +37,11 @@ declare -A ref=(
   [busybox]="docker.io/library/busybox:$BUSYBOX_TAG"
   [mlserver]="docker.io/seldonio/mlserver:$MLSERVER_VERSION"
   [operator]="docker.io/library/mlmodel-operator:$operator_version"
+  [curl]=docker.io/library/curl:bookworm
 )
-order=(debian rust distroless-cc pause busybox mlserver operator)
+order=(debian rust distroless-cc pause busybox mlserver operator curl)
+# What `build` with no names builds: curl is only for `make bench`.
+default_images=(debian rust distroless-cc pause busybox mlserver operator)
 # Images a node needs at run time (the others are build bases).
 runtime_images=(pause busybox mlserver operator)
 
@@ -123,6 +126,10 @@ build_busybox() {
 # Package downloads from inside a build trust what this machine trusts.
 host_ca=/etc/ssl/certs/ca-certificates.crt
 
+build_curl() {
+  podman_build curl "$here/images/curl"
+}
+
 build_mlserver() {
   podman_build mlserver "$here/images/mlserver" --build-arg "MLSERVER_VERSION=$MLSERVER_VERSION" \
     -v "$host_ca:/run/host-ca.crt:ro" --build-arg PIP_CA_BUNDLE=/run/host-ca.crt
@@ -141,7 +148,7 @@ cmd_build() {
   command -v podman >/dev/null || die "podman is missing (tests/cluster/node-deps.sh installs it)"
   [[ "$(id -u)" == 0 ]] || die "building the node's images needs root (rootful podman)"
   local names=("$@") name t
-  [[ ${#names[@]} -gt 0 ]] || names=("${order[@]}")
+  [[ ${#names[@]} -gt 0 ]] || names=("${default_images[@]}")
   for name in "${order[@]}"; do
     [[ " ${names[*]} " == *" $name "* ]] || continue
     [[ -n "${ref[$name]:-}" ]] || die "unknown image '$name' (known: ${order[*]})"
