@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    SleepAction, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    Affinity, Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinity,
+    PodAffinityTerm, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -271,6 +272,37 @@ fn child_meta(model: &MLModel, name: String, component: &str) -> ObjectMeta {
     }
 }
 
+/// Keeps every pod that mounts a single-node volume (`ReadWriteOnce`, the default) on one node:
+/// each of the model's pods (download and serving) must go where the model's other running
+/// pods are, so a new version's download Job and a rollout's surge pods join the serving pods
+/// on the node that has the volume attached. The first pod, with no other running, goes
+/// wherever the scheduler (and the volume's own node affinity, for local volumes) puts it.
+/// Volumes that many nodes mount (`ReadWriteMany`, `ReadOnlyMany`) need no such rule.
+fn volume_affinity(model: &MLModel) -> Option<Affinity> {
+    let modes = model.spec.storage.as_ref().and_then(|s| s.access_modes.as_ref());
+    let many_nodes = modes.is_some_and(|m| {
+        m.iter()
+            .any(|m| matches!(m, AccessMode::ReadWriteMany | AccessMode::ReadOnlyMany))
+    });
+    if many_nodes {
+        return None;
+    }
+    Some(Affinity {
+        pod_affinity: Some(PodAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(MODEL_LABEL.to_owned(), model_name(model))])),
+                    ..Default::default()
+                }),
+                topology_key: "kubernetes.io/hostname".to_owned(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 /// The model's PersistentVolumeClaim.
 pub fn persistent_volume_claim(model: &MLModel) -> PersistentVolumeClaim {
     let storage = model.spec.storage.clone().unwrap_or_default();
@@ -420,6 +452,7 @@ pub fn download_job(model: &MLModel, version: i64, settings: &BuildSettings, ctx
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".to_owned()),
+                    affinity: volume_affinity(model),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(restricted_pod_security()),
@@ -531,6 +564,7 @@ pub fn serving_deployment(model: &MLModel, version: i64) -> Deployment {
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
+                    affinity: volume_affinity(model),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(restricted_pod_security()),
@@ -670,6 +704,39 @@ mod tests {
             service_endpoint(&m, &BuildSettings::default()),
             "iris.ml.svc.cluster.local:8501"
         );
+    }
+
+    #[test]
+    fn pods_sharing_a_single_node_volume_go_where_the_models_other_pods_run() {
+        let m = model(Framework::Sklearn);
+        let job = download_job(&m, 1, &BuildSettings::default(), &DownloadContext::default());
+        let deployment = serving_deployment(&m, 1);
+        for affinity in [
+            job.spec.unwrap().template.spec.unwrap().affinity,
+            deployment.spec.unwrap().template.spec.unwrap().affinity,
+        ] {
+            let terms = affinity
+                .and_then(|a| a.pod_affinity)
+                .and_then(|p| p.required_during_scheduling_ignored_during_execution)
+                .expect("required pod affinity");
+            assert_eq!(terms.len(), 1);
+            assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
+            let labels = terms[0].label_selector.as_ref().and_then(|s| s.match_labels.clone());
+            assert_eq!(
+                labels,
+                Some(BTreeMap::from([(MODEL_LABEL.to_owned(), "iris".to_owned())]))
+            );
+        }
+
+        let mut shared = model(Framework::Sklearn);
+        shared.spec.storage = Some(crate::api::StoragePolicy {
+            access_modes: Some(vec![AccessMode::ReadWriteMany]),
+            ..Default::default()
+        });
+        let job = download_job(&shared, 1, &BuildSettings::default(), &DownloadContext::default());
+        assert_eq!(job.spec.unwrap().template.spec.unwrap().affinity, None);
+        let deployment = serving_deployment(&shared, 1);
+        assert_eq!(deployment.spec.unwrap().template.spec.unwrap().affinity, None);
     }
 
     #[test]

@@ -408,3 +408,64 @@ async fn deletion_forces_a_stuck_child_and_says_so() {
         "a Warning Event names what was forced: {note:?}"
     );
 }
+
+/// Nodes of the live pods matching `selector`, by pod name.
+async fn pod_nodes(ns: &TestNamespace, selector: &str) -> Vec<(String, String)> {
+    ns.api::<Pod>()
+        .list(&ListParams::default().labels(selector))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| Some((p.name_any(), p.spec?.node_name?)))
+        .collect()
+}
+
+/// With a `ReadWriteOnce` volume (the default) every pod that mounts it shares one node: the
+/// serving replicas, and the download Job of a new version, which joins them there. A
+/// `ReadWriteMany` volume carries no such rule.
+#[tokio::test]
+async fn pods_of_a_single_node_volume_share_its_node() {
+    let ns = setup("rwo").await;
+    ns.apply_yaml(&model_yaml("rwo", "  replicas: 3\n"));
+    let models = ns.api::<MLModel>();
+    support::wait_for(&models, "rwo", TIMEOUT, is_ready).await;
+    let serving = pod_nodes(&ns, "app.kubernetes.io/component=serving").await;
+    assert_eq!(serving.len(), 3, "{serving:?}");
+    let node = serving[0].1.clone();
+    assert!(serving.iter().all(|(_, n)| *n == node), "{serving:?}");
+
+    models
+        .patch(
+            "rwo",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "modelURL": "https://models.example.com/rwo/v2.tar.gz" } })),
+        )
+        .await
+        .unwrap();
+    let download = support::poll_until("the new version's download pod scheduled", TIMEOUT, || {
+        let ns = &ns;
+        async move {
+            let pods = pod_nodes(
+                ns,
+                "app.kubernetes.io/component=download,mlmodel.oda.tmforum.org/version=2",
+            )
+            .await;
+            (!pods.is_empty()).then_some(pods)
+        }
+    })
+    .await;
+    assert!(download.iter().all(|(_, n)| *n == node), "{download:?} on {node}");
+    support::wait_for(&models, "rwo", TIMEOUT, is_ready).await;
+    let serving = pod_nodes(&ns, "app.kubernetes.io/component=serving").await;
+    assert!(serving.iter().all(|(_, n)| *n == node), "{serving:?} on {node}");
+
+    ns.apply_yaml(&model_yaml(
+        "rwx",
+        "  replicas: 3\n  storage:\n    accessModes: [ReadWriteMany]\n",
+    ));
+    let deployment = support::wait_for(&ns.api::<Deployment>(), "rwx-serving", TIMEOUT, |_| true).await;
+    let affinity = deployment.spec.and_then(|s| s.template.spec).and_then(|s| s.affinity);
+    assert_eq!(affinity, None);
+}
