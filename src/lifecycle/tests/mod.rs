@@ -62,7 +62,8 @@ fn model() -> MLModel {
     let mut m = MLModel::new(
         "iris",
         MLModelSpec {
-            model_url: URL.to_owned(),
+            model_url: Some(URL.to_owned()),
+            model_url_from: None,
             storage_size: "1Gi".to_owned(),
             framework: Framework::Tensorflow,
             replicas: 1,
@@ -491,7 +492,7 @@ fn validate_accepts_what_the_operator_can_act_on() {
     ];
     for (url, size) in ok {
         let mut m = model();
-        m.spec.model_url = url.to_owned();
+        m.spec.model_url = Some(url.to_owned());
         m.spec.storage_size = size.to_owned();
         assert_eq!(validate(&m), Ok(()), "{url} {size}");
     }
@@ -595,7 +596,7 @@ fn an_invalid_spec_fails_without_touching_children() {
     ];
     for case in cases {
         let mut m = model();
-        m.spec.model_url = case.url.to_owned();
+        m.spec.model_url = Some(case.url.to_owned());
         m.spec.storage_size = case.storage_size.to_owned();
         m.spec.runtime = case.image.map(|i| RuntimeOverride {
             image: Some(i.to_owned()),
@@ -637,7 +638,7 @@ fn an_invalid_spec_fails_without_touching_children() {
 #[test]
 fn a_url_with_credentials_is_reported_without_them() {
     let mut m = model();
-    m.spec.model_url = "https://user:hunter2@h/m".to_owned();
+    m.spec.model_url = Some("https://user:hunter2@h/m".to_owned());
 
     let d = decide(&m, &nothing(), &settings());
 
