@@ -587,8 +587,10 @@ async fn kubectl_explain_prints_the_field_docs() {
         &[
             "Desired state of a served machine-learning model.",
             "manifests apply unchanged apart from `apiVersion`",
-            "modelURL <string> -required-",
+            "modelURL <string>",
             "Where the model artifact is downloaded from",
+            "modelURLFrom <Object>",
+            "Where to read the artifact URL from instead of `modelURL`",
             "storageSize <string>",
             "Size of the volume that holds the model",
             "framework <string>",
