@@ -310,7 +310,31 @@ async fn async_main(cli: Cli) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::downloader_telemetry_env;
+    use clap::Parser;
+    use mlmodel_operator::operator::WatchScope;
+
+    use super::{Cli, Command, downloader_telemetry_env};
+
+    fn run_settings(args: &[&str]) -> mlmodel_operator::operator::RunSettings {
+        let cli = Cli::try_parse_from(["mlmodel-operator", "run"].iter().chain(args)).expect("valid flags");
+        match cli.command {
+            Command::Run(run) => run.into_settings().expect("valid settings"),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_scope_and_ambient_credentials_come_from_their_flags() {
+        let defaults = run_settings(&[]);
+        assert_eq!(defaults.scope, WatchScope::Cluster);
+        assert!(!defaults.lifecycle.build.allow_ambient_credentials);
+        let set = run_settings(&["--namespaces", "team-b,team-a", "--allow-ambient-credentials"]);
+        assert_eq!(
+            set.scope,
+            WatchScope::Namespaces(vec!["team-a".to_owned(), "team-b".to_owned()])
+        );
+        assert!(set.lifecycle.build.allow_ambient_credentials);
+    }
 
     fn operator(k: &str) -> Option<String> {
         match k {
