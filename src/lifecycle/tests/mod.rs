@@ -647,6 +647,57 @@ fn a_url_with_credentials_is_reported_without_them() {
     assert!(!status.contains("hunter2"), "{status}");
 }
 
+fn by_reference(m: &mut MLModel) {
+    m.spec.model_url = None;
+    m.spec.model_url_from = Some(crate::api::ModelUrlSource {
+        secret_key_ref: crate::api::SecretKeySelector {
+            name: "presigned".to_owned(),
+            key: "url".to_owned(),
+        },
+    });
+}
+
+#[test]
+fn a_url_given_by_reference_is_reported_by_its_secret_and_key() {
+    let mut m = model();
+    by_reference(&mut m);
+    let observed = Observed {
+        pvc: pvc("Bound"),
+        ..nothing()
+    };
+
+    let d = decide(&m, &observed, &settings());
+
+    assert_eq!(d.status.phase, Some(Phase::Downloading));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("downloading secretKeyRef:presigned/url")
+    );
+    assert!(d.actions.iter().any(|a| matches!(a, Action::ApplyJob(_))));
+}
+
+#[test]
+fn a_model_with_neither_or_both_urls_is_an_invalid_spec() {
+    let mut neither = model();
+    neither.spec.model_url = None;
+    let mut both = model();
+    by_reference(&mut both);
+    both.spec.model_url = Some(URL.to_owned());
+    for m in [neither, both] {
+        let d = decide(&m, &nothing(), &settings());
+        assert_eq!(last_failure(&d).reason, reason::INVALID_SPEC);
+        assert!(
+            d.status
+                .message
+                .as_deref()
+                .is_some_and(|msg| msg.contains("exactly one of spec.modelURL and spec.modelURLFrom")),
+            "{:?}",
+            d.status.message
+        );
+        assert!(!d.actions.iter().any(|a| matches!(a, Action::ApplyPvc(_))));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Failures reported from outside the core
 // ---------------------------------------------------------------------------------------------
