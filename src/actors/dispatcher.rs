@@ -1,4 +1,5 @@
-//! One watch stream per kind for the whole operator. Each stream feeds a cache and an index
+//! One watch stream per kind for the whole operator (per kind and watched namespace when the
+//! operator is limited to a list of namespaces). Each stream feeds a cache and an index
 //! from model to children, and wakes the model an event concerns. The caches are the one source
 //! of truth: a model actor rebuilds what it observes from them ([`Caches::observed`]) on every
 //! reconcile, so a message carries nothing but "look again".
