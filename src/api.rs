@@ -46,14 +46,26 @@ const MODEL_URL_PATTERN: &str = r"^(https?|s3|gs)://[^\s]+$";
     printcolumn(name = "Message", type_ = "string", json_path = ".status.message", priority = "1", description = "What is happening now, or why it failed")
 )]
 #[x_kube(validation = Rule::new("self.framework != 'custom' || (has(self.runtime) && has(self.runtime.image))").message("spec.runtime.image: required when spec.framework is 'custom'"))]
+#[x_kube(validation = Rule::new("has(self.modelURL) != has(self.modelURLFrom)").message("exactly one of spec.modelURL and spec.modelURLFrom must be set"))]
 #[serde(rename_all = "camelCase")]
 pub struct MLModelSpec {
     /// Where the model artifact is downloaded from: an `http://`, `https://`, `s3://bucket/key`
     /// or `gs://bucket/key` URL. A `.tar`, `.tar.gz`/`.tgz` or `.zip` archive is unpacked;
     /// any other file is placed as-is. Credentials never go in the URL: use `credentials`.
-    #[serde(rename = "modelURL")]
+    /// Exactly one of `modelURL` and `modelURLFrom` is set; a presigned or tokened URL belongs
+    /// in a Secret referenced by `modelURLFrom`, since this field is readable by anyone who may
+    /// read the MLModel and it is passed to the download pod as an argument.
+    #[serde(rename = "modelURL", default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), regex(pattern = MODEL_URL_PATTERN))]
-    pub model_url: String,
+    pub model_url: Option<String>,
+
+    /// Where to read the artifact URL from instead of `modelURL`: a key of a Secret in the
+    /// model's namespace, for presigned or tokened URLs. The download pod receives it through
+    /// its environment; the operator never reads the Secret, and status, Events and logs name
+    /// the Secret and key, never the URL. The rollout follows the Secret's name and key: to
+    /// roll out a new URL, reference a new key (or a new Secret).
+    #[serde(rename = "modelURLFrom", default, skip_serializing_if = "Option::is_none")]
+    pub model_url_from: Option<ModelUrlSource>,
 
     /// Size of the volume that holds the model, as a Kubernetes quantity (e.g. `1Gi`, `500Mi`).
     /// It must hold the artifact and its unpacked contents. Default `1Gi`.
@@ -144,6 +156,40 @@ pub struct SecretReference {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
+}
+
+/// Where a model's URL is read from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelUrlSource {
+    /// A key of a Secret in the model's namespace whose value is the artifact URL (the same
+    /// schemes as `modelURL`).
+    pub secret_key_ref: SecretKeySelector,
+}
+
+/// A key of a Secret in the model's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+impl MLModelSpec {
+    /// Where the artifact comes from, as status, Events and logs show it: the URL without
+    /// credentials or signed query strings, or `secretKeyRef:<secret>/<key>` for a URL given
+    /// by reference.
+    pub fn shown_source(&self) -> String {
+        match (&self.model_url, &self.model_url_from) {
+            (Some(url), _) => crate::download::redact_url(url),
+            (None, Some(from)) => format!("secretKeyRef:{}/{}", from.secret_key_ref.name, from.secret_key_ref.key),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 /// Overrides of the serving runtime.
@@ -355,10 +401,11 @@ pub struct MLModelStatus {
 pub struct ServingVersion {
     /// The `metadata.generation` whose artifact is serving.
     pub generation: i64,
-    /// The artifact URL of that generation, with credentials and signed query strings removed.
+    /// The artifact URL of that generation, with credentials and signed query strings removed;
+    /// `secretKeyRef:<secret>/<key>` when the URL was given by reference (`modelURLFrom`).
     #[serde(rename = "modelURL")]
     pub model_url: String,
-    /// Digest of the `modelURL` and `sha256` that produced this version. A spec change that
+    /// Digest of the `modelURL` (or `modelURLFrom`) and `sha256` that produced this version. A spec change that
     /// keeps both reuses the downloaded artifact instead of downloading it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,

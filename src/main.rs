@@ -11,7 +11,7 @@ use mlmodel_operator::api::MLModel;
 use mlmodel_operator::download::{self, DownloadArgs};
 use mlmodel_operator::leader::LeaseSettings;
 use mlmodel_operator::lifecycle::Settings;
-use mlmodel_operator::operator::{self, RunSettings};
+use mlmodel_operator::operator::{self, RunSettings, WatchScope};
 use mlmodel_operator::resources::BuildSettings;
 use mlmodel_operator::telemetry::{self, LogFormat};
 
@@ -60,6 +60,17 @@ struct RunArgs {
     /// OTLP protocol of that endpoint (`grpc`, `http/protobuf`); the operator's own by default.
     #[arg(long, env = "DOWNLOADER_OTLP_PROTOCOL")]
     downloader_otlp_protocol: Option<String>,
+
+    /// Let download Jobs of models without `credentials` use the node's instance or
+    /// web-identity credentials (the downloader's `--ambient-credentials`). Off, such a
+    /// download is anonymous: a model's author can read only what its referenced Secret grants.
+    #[arg(long, env = "ALLOW_AMBIENT_CREDENTIALS")]
+    allow_ambient_credentials: bool,
+
+    /// Namespaces to watch and write, comma-separated; empty watches the whole cluster. With a
+    /// list, Roles in those namespaces are enough (deploy/namespaced/).
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
 
     /// DNS suffix of the cluster, used in `status.serviceEndpoint`.
     #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
@@ -163,6 +174,7 @@ impl RunArgs {
                         self.downloader_otlp_endpoint.as_deref(),
                         self.downloader_otlp_protocol.as_deref(),
                     ),
+                    allow_ambient_credentials: self.allow_ambient_credentials,
                 },
                 unschedulable_grace: Duration::from_secs(self.unschedulable_grace_seconds),
                 image_pull_grace: Duration::from_secs(self.image_pull_grace_seconds),
@@ -183,6 +195,7 @@ impl RunArgs {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
             api_qps: self.api_qps,
             api_burst: self.api_burst,
+            scope: WatchScope::new(self.namespaces),
         })
     }
 }
@@ -297,7 +310,31 @@ async fn async_main(cli: Cli) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::downloader_telemetry_env;
+    use clap::Parser;
+    use mlmodel_operator::operator::WatchScope;
+
+    use super::{Cli, Command, downloader_telemetry_env};
+
+    fn run_settings(args: &[&str]) -> mlmodel_operator::operator::RunSettings {
+        let cli = Cli::try_parse_from(["mlmodel-operator", "run"].iter().chain(args)).expect("valid flags");
+        match cli.command {
+            Command::Run(run) => run.into_settings().expect("valid settings"),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_scope_and_ambient_credentials_come_from_their_flags() {
+        let defaults = run_settings(&[]);
+        assert_eq!(defaults.scope, WatchScope::Cluster);
+        assert!(!defaults.lifecycle.build.allow_ambient_credentials);
+        let set = run_settings(&["--namespaces", "team-b,team-a", "--allow-ambient-credentials"]);
+        assert_eq!(
+            set.scope,
+            WatchScope::Namespaces(vec!["team-a".to_owned(), "team-b".to_owned()])
+        );
+        assert!(set.lifecycle.build.allow_ambient_credentials);
+    }
 
     fn operator(k: &str) -> Option<String> {
         match k {

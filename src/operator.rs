@@ -37,6 +37,46 @@ pub struct RunSettings {
     pub api_qps: f64,
     /// Requests allowed in a burst above `api_qps`.
     pub api_burst: u32,
+    /// The namespaces the operator watches and writes.
+    pub scope: WatchScope,
+}
+
+/// Where the operator acts: the whole cluster, or only the listed namespaces (a namespaced
+/// install, whose Roles grant nothing elsewhere).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WatchScope {
+    /// Every namespace (needs the ClusterRole).
+    #[default]
+    Cluster,
+    /// Only these namespaces, each watched on its own.
+    Namespaces(Vec<String>),
+}
+
+impl WatchScope {
+    /// The scope of a `--namespaces` list: blanks are ignored, duplicates dropped, and an empty
+    /// list is the whole cluster.
+    pub fn new(namespaces: impl IntoIterator<Item = String>) -> Self {
+        let mut list: Vec<String> = namespaces
+            .into_iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        list.sort();
+        list.dedup();
+        if list.is_empty() {
+            WatchScope::Cluster
+        } else {
+            WatchScope::Namespaces(list)
+        }
+    }
+
+    /// One entry per watch: `None` for the whole cluster, or each namespace.
+    pub fn watches(&self) -> Vec<Option<String>> {
+        match self {
+            WatchScope::Cluster => vec![None],
+            WatchScope::Namespaces(list) => list.iter().cloned().map(Some).collect(),
+        }
+    }
 }
 
 /// Errors that stop the operator.
@@ -77,7 +117,8 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
     }));
 
     let (route_tx, route_rx) = watch::channel(None);
-    let (caches, mut synced) = dispatcher::start(client.clone(), route_rx);
+    let (caches, mut synced) = dispatcher::start(client.clone(), route_rx, &settings.scope.watches());
+    tracing::info!(scope = ?settings.scope, "watching");
 
     let (leading_tx, mut leading_rx) = watch::channel(settings.lease.is_none());
     let (fence, elector) = match settings.lease.clone() {
@@ -188,5 +229,24 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WatchScope;
+
+    #[test]
+    fn an_empty_namespace_list_is_the_whole_cluster() {
+        assert_eq!(WatchScope::new(Vec::new()), WatchScope::Cluster);
+        assert_eq!(WatchScope::new([" ".to_owned(), String::new()]), WatchScope::Cluster);
+        assert_eq!(WatchScope::Cluster.watches(), vec![None]);
+    }
+
+    #[test]
+    fn a_namespace_list_is_one_watch_per_namespace() {
+        let scope = WatchScope::new(["b".to_owned(), " a".to_owned(), "b".to_owned()]);
+        assert_eq!(scope, WatchScope::Namespaces(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(scope.watches(), vec![Some("a".to_owned()), Some("b".to_owned())]);
     }
 }

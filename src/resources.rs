@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, Lifecycle,
+    Affinity, Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
     LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinity,
     PodAffinityTerm, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -63,6 +63,9 @@ pub struct BuildSettings {
     /// OpenTelemetry export settings (`OTEL_EXPORTER_OTLP_*`) passed to the download Job, so
     /// the downloader's spans reach the same collector as the operator's.
     pub downloader_telemetry_env: Vec<(String, String)>,
+    /// Let downloads without `credentials` use the node's instance or web-identity credentials
+    /// (`--ambient-credentials`); off, such a download is anonymous.
+    pub allow_ambient_credentials: bool,
 }
 
 impl Default for BuildSettings {
@@ -72,15 +75,26 @@ impl Default for BuildSettings {
             cluster_domain: "cluster.local".to_owned(),
             downloader_pull_policy: "IfNotPresent".to_owned(),
             downloader_telemetry_env: Vec::new(),
+            allow_ambient_credentials: false,
         }
     }
 }
 
-/// Digest of what determines the artifact: the URL and the expected checksum. Two generations
-/// with the same digest share one downloaded version.
+/// Environment variable of the download container that holds a URL given by reference.
+pub const MODEL_URL_ENV: &str = "MLMODEL_MODEL_URL";
+
+/// Digest of what determines the artifact: the URL (or the Secret key it is read from) and the
+/// expected checksum. Two generations with the same digest share one downloaded version.
 pub fn source_digest(model: &MLModel) -> String {
     let mut h = Sha256::new();
-    h.update(model.spec.model_url.as_bytes());
+    match (&model.spec.model_url, &model.spec.model_url_from) {
+        (Some(url), _) => h.update(url.as_bytes()),
+        // Never a URL (no `://`), so never the digest of one.
+        (None, Some(from)) => {
+            h.update(format!("secretKeyRef:{}/{}", from.secret_key_ref.name, from.secret_key_ref.key).as_bytes())
+        }
+        (None, None) => {}
+    }
     h.update(b"\n");
     h.update(model.spec.sha256.as_deref().unwrap_or("").as_bytes());
     hex::encode(&h.finalize()[..8])
@@ -101,6 +115,35 @@ pub fn with_spec_hash<K: Resource + Serialize>(mut obj: K) -> K {
 /// The digest [`with_spec_hash`] stamped on `obj`.
 pub fn spec_hash<K: Resource>(obj: &K) -> Option<&String> {
     obj.meta().annotations.as_ref()?.get(SPEC_HASH_ANNOTATION)
+}
+
+/// The number of bytes a Kubernetes quantity (`1Gi`, `500M`, `1.5e9`) stands for, rounded up;
+/// `None` when it is not a quantity or does not fit.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exponent => 10f64.powi(exponent.strip_prefix(['e', 'E'])?.parse().ok()?),
+    };
+    let bytes = (number * factor).ceil();
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// Name of the model's PersistentVolumeClaim.
@@ -354,6 +397,9 @@ fn restricted_pod_security() -> PodSecurityContext {
         run_as_user: Some(65532),
         run_as_group: Some(65532),
         fs_group: Some(65532),
+        // Only a volume whose root is not yet the group's is walked and re-owned, not the
+        // whole model on every pod start.
+        fs_group_change_policy: Some("OnRootMismatch".to_owned()),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".to_owned(),
             ..Default::default()
@@ -381,14 +427,35 @@ pub struct DownloadContext {
 }
 
 /// The download Job of artifact `version`: the operator image's `download` subcommand with the
-/// URL and target as arguments (no shell), credentials from the referenced Secret as env.
+/// URL and target as arguments (no shell), credentials from the referenced Secret as env. A URL
+/// given by reference reaches the downloader through its environment, read by the kubelet from
+/// the Secret, so it is in no pod spec and the operator never reads it.
 pub fn download_job(model: &MLModel, version: i64, settings: &BuildSettings, ctx: &DownloadContext) -> Job {
     let name = model_name(model);
     let download = model.spec.download.clone().unwrap_or_default();
     let timeout = download.timeout_seconds.unwrap_or(600);
+    let mut env = vec![env("RUST_LOG", "info"), env("LOG_FORMAT", "json")];
+    let url_arg = match (&model.spec.model_url, &model.spec.model_url_from) {
+        (Some(url), _) => format!("--url={url}"),
+        (None, from) => {
+            env.extend(from.as_ref().map(|from| EnvVar {
+                name: MODEL_URL_ENV.to_owned(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: from.secret_key_ref.name.clone(),
+                        key: from.secret_key_ref.key.clone(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }));
+            format!("--url-env={MODEL_URL_ENV}")
+        }
+    };
     let mut args = vec![
         "download".to_owned(),
-        format!("--url={}", model.spec.model_url),
+        url_arg,
         format!("--dest={MODEL_MOUNT}"),
         format!("--model-name={name}"),
         format!("--version={version}"),
@@ -400,7 +467,14 @@ pub fn download_job(model: &MLModel, version: i64, settings: &BuildSettings, ctx
     if let Some(sha) = &model.spec.sha256 {
         args.push(format!("--sha256={sha}"));
     }
-    let mut env = vec![env("RUST_LOG", "info"), env("LOG_FORMAT", "json")];
+    // The claim's requested size bounds what an archive may unpack to: free space on a
+    // hostPath-backed volume is the host's disk, not the claim.
+    if let Some(bytes) = quantity_bytes(&model.spec.storage_size) {
+        args.push(format!("--max-unpacked-bytes={bytes}"));
+    }
+    if settings.allow_ambient_credentials {
+        args.push("--ambient-credentials".to_owned());
+    }
     if let Some(tp) = &ctx.traceparent {
         env.push(self::env("TRACEPARENT", tp.clone()));
     }
@@ -628,7 +702,8 @@ mod tests {
         let mut m = MLModel::new(
             "iris",
             MLModelSpec {
-                model_url: "https://models.example.com/iris.tar.gz".to_owned(),
+                model_url: Some("https://models.example.com/iris.tar.gz".to_owned()),
+                model_url_from: None,
                 storage_size: "2Gi".to_owned(),
                 framework,
                 replicas: 2,
@@ -670,7 +745,7 @@ mod tests {
     #[test]
     fn download_job_passes_the_url_as_one_argument_and_credentials_by_reference() {
         let mut m = model(Framework::Tensorflow);
-        m.spec.model_url = "https://h/x;$(reboot)".to_owned();
+        m.spec.model_url = Some("https://h/x;$(reboot)".to_owned());
         m.spec.credentials = Some(crate::api::SecretReference {
             name: "s3-creds".to_owned(),
         });
@@ -685,6 +760,122 @@ mod tests {
         assert_eq!(env_from[0].secret_ref.as_ref().unwrap().name, "s3-creds");
         assert_eq!(job.metadata.name.as_deref(), Some("iris-download-4"));
         assert_eq!(job.metadata.owner_references.unwrap()[0].uid, "uid-1");
+    }
+
+    #[test]
+    fn a_url_given_by_reference_reaches_the_downloader_only_through_its_environment() {
+        let mut m = model(Framework::Tensorflow);
+        m.spec.model_url = None;
+        m.spec.model_url_from = Some(crate::api::ModelUrlSource {
+            secret_key_ref: crate::api::SecretKeySelector {
+                name: "presigned".to_owned(),
+                key: "url".to_owned(),
+            },
+        });
+        let job = download_job(&m, 1, &BuildSettings::default(), &DownloadContext::default());
+        let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+        let args = c.args.clone().unwrap();
+        assert!(args.contains(&format!("--url-env={MODEL_URL_ENV}")), "{args:?}");
+        assert!(
+            !args.iter().any(|a| a.starts_with("--url=")),
+            "no URL in the args: {args:?}"
+        );
+        let env = c.env.clone().unwrap();
+        let url = env.iter().find(|e| e.name == MODEL_URL_ENV).expect("the URL variable");
+        assert_eq!(url.value, None, "the value is never in the pod spec");
+        let secret = url.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).unwrap();
+        assert_eq!((secret.name.as_str(), secret.key.as_str()), ("presigned", "url"));
+        assert_eq!(secret.optional, Some(false));
+    }
+
+    #[test]
+    fn the_rollout_follows_the_referenced_secret_and_key() {
+        let by_ref = |name: &str, key: &str| {
+            let mut m = model(Framework::Tensorflow);
+            m.spec.model_url = None;
+            m.spec.model_url_from = Some(crate::api::ModelUrlSource {
+                secret_key_ref: crate::api::SecretKeySelector {
+                    name: name.to_owned(),
+                    key: key.to_owned(),
+                },
+            });
+            m
+        };
+        let digest = |m: &MLModel| source_digest(m);
+        assert_eq!(digest(&by_ref("s", "url")), digest(&by_ref("s", "url")));
+        assert_ne!(digest(&by_ref("s", "url")), digest(&by_ref("s", "url-v2")));
+        assert_ne!(digest(&by_ref("s", "url")), digest(&by_ref("t", "url")));
+        assert_ne!(digest(&by_ref("s", "url")), digest(&model(Framework::Tensorflow)));
+        assert_eq!(by_ref("s", "url").spec.shown_source(), "secretKeyRef:s/url");
+    }
+
+    #[test]
+    fn unpacking_is_capped_at_the_claims_requested_size() {
+        let args = |size: &str| {
+            let mut m = model(Framework::Tensorflow);
+            m.spec.storage_size = size.to_owned();
+            let job = download_job(&m, 1, &BuildSettings::default(), &DownloadContext::default());
+            job.spec.unwrap().template.spec.unwrap().containers[0]
+                .args
+                .clone()
+                .unwrap()
+        };
+        assert!(args("2Gi").contains(&"--max-unpacked-bytes=2147483648".to_owned()));
+        assert!(args("500M").contains(&"--max-unpacked-bytes=500000000".to_owned()));
+        assert!(args("1.5Ki").contains(&"--max-unpacked-bytes=1536".to_owned()));
+    }
+
+    #[test]
+    fn quantities_are_read_as_bytes() {
+        for (q, bytes) in [
+            ("1Gi", Some(1 << 30)),
+            ("1G", Some(1_000_000_000)),
+            ("2.5G", Some(2_500_000_000)),
+            ("1e3", Some(1000)),
+            ("1E6", Some(1_000_000)),
+            ("128974848", Some(128_974_848)),
+            ("500m", Some(1)),
+            ("0", Some(0)),
+            ("0.0Mi", Some(0)),
+            ("1Xi", None),
+            ("Gi", None),
+            ("1e400", None),
+        ] {
+            assert_eq!(quantity_bytes(q), bytes, "{q}");
+        }
+    }
+
+    #[test]
+    fn ambient_credentials_only_when_the_operator_allows_them() {
+        let m = model(Framework::Tensorflow);
+        let args = |allow: bool| {
+            let settings = BuildSettings {
+                allow_ambient_credentials: allow,
+                ..Default::default()
+            };
+            let job = download_job(&m, 1, &settings, &DownloadContext::default());
+            job.spec.unwrap().template.spec.unwrap().containers[0]
+                .args
+                .clone()
+                .unwrap()
+        };
+        assert!(!args(false).contains(&"--ambient-credentials".to_owned()));
+        assert!(args(true).contains(&"--ambient-credentials".to_owned()));
+    }
+
+    #[test]
+    fn volumes_are_re_owned_only_when_their_root_is_not_the_groups() {
+        let m = model(Framework::Tensorflow);
+        let job = download_job(&m, 1, &BuildSettings::default(), &DownloadContext::default());
+        let deployment = serving_deployment(&m, 1);
+        for pod in [
+            job.spec.unwrap().template.spec.unwrap(),
+            deployment.spec.unwrap().template.spec.unwrap(),
+        ] {
+            let security = pod.security_context.unwrap();
+            assert_eq!(security.fs_group, Some(65532));
+            assert_eq!(security.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
+        }
     }
 
     #[test]

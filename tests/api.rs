@@ -357,7 +357,17 @@ async fn invalid_manifests_are_refused_naming_the_field() {
         bad(
             "missing modelURL",
             "  replicas: 1\n",
-            &["spec.modelURL", "Required value"],
+            &["exactly one of spec.modelURL and spec.modelURLFrom must be set"],
+        ),
+        bad(
+            "both modelURL and modelURLFrom",
+            &format!("{URL}  modelURLFrom:\n    secretKeyRef:\n      name: s\n      key: url\n"),
+            &["exactly one of spec.modelURL and spec.modelURLFrom must be set"],
+        ),
+        bad(
+            "modelURLFrom without a key",
+            "  modelURLFrom:\n    secretKeyRef:\n      name: s\n",
+            &["spec.modelURLFrom.secretKeyRef.key", "Required value"],
         ),
         bad(
             "replicas of the wrong type",
@@ -577,8 +587,10 @@ async fn kubectl_explain_prints_the_field_docs() {
         &[
             "Desired state of a served machine-learning model.",
             "manifests apply unchanged apart from `apiVersion`",
-            "modelURL <string> -required-",
+            "modelURL <string>",
             "Where the model artifact is downloaded from",
+            "modelURLFrom <Object>",
+            "Where to read the artifact URL from instead of `modelURL`",
             "storageSize <string>",
             "Size of the volume that holds the model",
             "framework <string>",

@@ -39,6 +39,8 @@ fn kustomization_applies_with_server_dry_run() {
         "serviceaccount/mlmodel-operator",
         "clusterrole.rbac.authorization.k8s.io/mlmodel-operator",
         "deployment.apps/mlmodel-operator",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/mlmodel-operator-managed-only",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/mlmodel-operator-managed-only",
     ] {
         assert!(
             stdout.contains(object),

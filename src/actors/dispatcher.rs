@@ -1,4 +1,5 @@
-//! One watch stream per kind for the whole operator. Each stream feeds a cache and an index
+//! One watch stream per kind for the whole operator (per kind and watched namespace when the
+//! operator is limited to a list of namespaces). Each stream feeds a cache and an index
 //! from model to children, and wakes the model an event concerns. The caches are the one source
 //! of truth: a model actor rebuilds what it observes from them ([`Caches::observed`]) on every
 //! reconcile, so a message carries nothing but "look again".
@@ -10,10 +11,12 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
@@ -66,16 +69,19 @@ impl KindIndex {
         }
     }
 
-    /// Replaces the whole index after a relist; returns the models whose children differ.
-    fn replace(&self, fresh: ChildNames) -> HashSet<ModelKey> {
+    /// Replaces the index of the models in `namespace` (all of them for `None`) after a
+    /// relist of that namespace; returns the models whose children differ.
+    fn replace(&self, namespace: Option<&str>, fresh: ChildNames) -> HashSet<ModelKey> {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let within = |k: &ModelKey| namespace.is_none_or(|ns| k.namespace == ns);
         let mut changed: HashSet<ModelKey> = map
             .iter()
-            .filter(|(k, names)| fresh.get(*k) != Some(*names))
+            .filter(|(k, names)| within(k) && fresh.get(*k) != Some(*names))
             .map(|(k, _)| k.clone())
             .collect();
         changed.extend(fresh.keys().filter(|k| !map.contains_key(*k)).cloned());
-        *map = fresh;
+        map.retain(|k, _| !within(k));
+        map.extend(fresh);
         changed
     }
 }
@@ -90,21 +96,66 @@ struct Index {
     services: KindIndex,
 }
 
+/// One kind's cache: a store per watch, that is one for the whole cluster or one per watched
+/// namespace. Cheap to clone.
+pub struct Stores<K: Resource + Clone + 'static>(Vec<(Option<String>, Store<K>)>)
+where
+    K::DynamicType: Eq + Hash + Clone;
+
+impl<K: Resource + Clone + 'static> Default for Stores<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: Resource + Clone + 'static> Clone for Stores<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<K: Resource + Clone + 'static> Stores<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    fn push(&mut self, namespace: &Option<String>, store: Store<K>) {
+        self.0.push((namespace.clone(), store));
+    }
+
+    /// The cached object `key` names, from the store of its namespace.
+    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+        let ns = key.namespace.as_deref();
+        let (_, store) = self.0.iter().find(|(w, _)| w.is_none() || w.as_deref() == ns)?;
+        store.get(key)
+    }
+
+    /// Every cached object.
+    pub fn state(&self) -> Vec<Arc<K>> {
+        self.0.iter().flat_map(|(_, store)| store.state()).collect()
+    }
+}
+
 /// The caches behind the watch streams. Cheap to clone.
 #[derive(Clone)]
 pub struct Caches {
     /// MLModels, kept untyped so one malformed object cannot break the stream for the others.
-    pub models: Store<DynamicObject>,
+    pub models: Stores<DynamicObject>,
     /// The operator's PVCs (spec dropped).
-    pub pvcs: Store<PersistentVolumeClaim>,
+    pub pvcs: Stores<PersistentVolumeClaim>,
     /// The operator's Jobs (spec dropped).
-    pub jobs: Store<Job>,
+    pub jobs: Stores<Job>,
     /// The operator's pods (spec and what no decision reads dropped).
-    pub pods: Store<Pod>,
+    pub pods: Stores<Pod>,
     /// The operator's Deployments (pod template reduced to its labels).
-    pub deployments: Store<Deployment>,
+    pub deployments: Stores<Deployment>,
     /// The operator's Services: metadata only.
-    pub services: Store<PartialObjectMeta<Service>>,
+    pub services: Stores<PartialObjectMeta<Service>>,
     index: Arc<Index>,
 }
 
@@ -144,7 +195,7 @@ impl Caches {
     /// The resourceVersion the caches hold for the child `written` names.
     pub fn resource_version(&self, written: &Written, namespace: &str, name: &str) -> Option<String> {
         fn rv<K: Resource<DynamicType = ()> + Clone + 'static>(
-            store: &Store<K>,
+            store: &Stores<K>,
             ns: &str,
             name: &str,
         ) -> Option<String> {
@@ -226,7 +277,7 @@ impl Caches {
     }
 }
 
-fn lookup<'a, K>(store: &'a Store<K>, index: &KindIndex, key: &'a ModelKey) -> impl Iterator<Item = Arc<K>> + 'a
+fn lookup<'a, K>(store: &'a Stores<K>, index: &KindIndex, key: &'a ModelKey) -> impl Iterator<Item = Arc<K>> + 'a
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
@@ -289,104 +340,94 @@ const STREAMS: [&str; 6] = [
     "Service",
 ];
 
-/// Starts the six watch streams. Returns the caches and a receiver that turns true once every
-/// stream has listed its objects. The streams run until the process ends.
-pub fn start(client: Client, route: Route) -> (Caches, watch::Receiver<bool>) {
-    let (ready, ready_rx) = Readiness::new(STREAMS.len());
+/// Starts the six watch streams of each entry of `watches` (`None`: the whole cluster; a
+/// namespace: that namespace only). Returns the caches and a receiver that turns true once
+/// every stream has listed its objects. The streams run until the process ends.
+pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Caches, watch::Receiver<bool>) {
+    let (ready, ready_rx) = Readiness::new(STREAMS.len() * watches.len());
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     let children = watcher::Config::default().labels(&selector).any_semantic();
     let index = Arc::new(Index::default());
-
     let ar = ApiResource::erase::<MLModel>(&());
-    let w = Writer::new(ar.clone());
-    let models = w.as_reader();
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let stream = watcher::watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|o: &mut DynamicObject| o.metadata.managed_fields = None)
-        .reflect(w);
-    tokio::spawn(run_model_stream(stream, ready.clone(), route.clone()));
+    let mut caches = Caches {
+        models: Stores::default(),
+        pvcs: Stores::default(),
+        jobs: Stores::default(),
+        pods: Stores::default(),
+        deployments: Stores::default(),
+        services: Stores::default(),
+        index: index.clone(),
+    };
+    for (n, namespace) in watches.iter().enumerate() {
+        let ns = namespace.as_deref();
+        // Readiness flags of this watch: one per kind, in the order of STREAMS.
+        let flag = |kind: usize| n * STREAMS.len() + kind;
+        let w = Writer::new(ar.clone());
+        caches.models.push(namespace, w.as_reader());
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let stream = watcher::watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|o: &mut DynamicObject| o.metadata.managed_fields = None)
+            .reflect(w);
+        tokio::spawn(run_model_stream(stream, ready.clone(), flag(0), route.clone()));
 
-    let (pvcs, w) = reflector::store();
-    let stream = watch_all(&client, children.clone()).modify(trim_pvc).reflect(w);
-    spawn_child_stream(
-        1,
-        stream,
-        pvcs.clone(),
-        index.clone(),
-        |i| &i.pvcs,
-        ready.clone(),
-        route.clone(),
-    );
-    let (jobs, w) = reflector::store();
-    let stream = watch_all(&client, children.clone()).modify(trim_job).reflect(w);
-    spawn_child_stream(
-        2,
-        stream,
-        jobs.clone(),
-        index.clone(),
-        |i| &i.jobs,
-        ready.clone(),
-        route.clone(),
-    );
-    let (pods, w) = reflector::store();
-    let stream = watch_all(&client, children.clone()).modify(trim_pod).reflect(w);
-    spawn_child_stream(
-        3,
-        stream,
-        pods.clone(),
-        index.clone(),
-        |i| &i.pods,
-        ready.clone(),
-        route.clone(),
-    );
-    let (deployments, w) = reflector::store();
-    let stream = watch_all(&client, children.clone()).modify(trim_deployment).reflect(w);
-    spawn_child_stream(
-        4,
-        stream,
-        deployments.clone(),
-        index.clone(),
-        |i| &i.deployments,
-        ready.clone(),
-        route.clone(),
-    );
-    let (services, w) = reflector::store();
-    let stream = watcher::watcher(Api::<PartialObjectMeta<Service>>::all(client), children)
-        .default_backoff()
-        .modify(|o: &mut PartialObjectMeta<Service>| o.metadata.managed_fields = None)
-        .reflect(w);
-    spawn_child_stream(
-        5,
-        stream,
-        services.clone(),
-        index.clone(),
-        |i| &i.services,
-        ready,
-        route,
-    );
-    (
-        Caches {
-            models,
-            pvcs,
-            jobs,
-            pods,
-            deployments,
-            services,
-            index,
-        },
-        ready_rx,
-    )
+        let child = |kind: usize| ChildStream {
+            kind: STREAMS[kind],
+            flag: flag(kind),
+            namespace: namespace.clone(),
+            index: index.clone(),
+            ready: ready.clone(),
+            route: route.clone(),
+        };
+        let (store, w) = reflector::store();
+        caches.pvcs.push(namespace, store.clone());
+        let stream = watch(&client, ns, children.clone()).modify(trim_pvc).reflect(w);
+        child(1).spawn(stream, store, |i| &i.pvcs);
+        let (store, w) = reflector::store();
+        caches.jobs.push(namespace, store.clone());
+        let stream = watch(&client, ns, children.clone()).modify(trim_job).reflect(w);
+        child(2).spawn(stream, store, |i| &i.jobs);
+        let (store, w) = reflector::store();
+        caches.pods.push(namespace, store.clone());
+        let stream = watch(&client, ns, children.clone()).modify(trim_pod).reflect(w);
+        child(3).spawn(stream, store, |i| &i.pods);
+        let (store, w) = reflector::store();
+        caches.deployments.push(namespace, store.clone());
+        let stream = watch(&client, ns, children.clone()).modify(trim_deployment).reflect(w);
+        child(4).spawn(stream, store, |i| &i.deployments);
+        let (store, w) = reflector::store();
+        caches.services.push(namespace, store.clone());
+        let stream = watch(&client, ns, children.clone())
+            .modify(|o: &mut PartialObjectMeta<Service>| o.metadata.managed_fields = None)
+            .reflect(w);
+        child(5).spawn(stream, store, |i| &i.services);
+    }
+    (caches, ready_rx)
 }
 
-fn watch_all<K>(
+/// A watch of kind `K` in namespace `ns`, or in the whole cluster.
+fn watch<K>(
     client: &Client,
+    ns: Option<&str>,
     config: watcher::Config,
 ) -> impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
-    watcher::watcher(Api::<K>::all(client.clone()), config).default_backoff()
+    let api = match ns {
+        Some(ns) => Api::<K>::namespaced(client.clone(), ns),
+        None => Api::<K>::all(client.clone()),
+    };
+    watcher::watcher(api, config).default_backoff()
 }
 
 // What each cache keeps: what `observe` and the index read, nothing else. Managed fields and
@@ -475,70 +516,82 @@ fn model_of(meta: &ObjectMeta) -> Option<ModelKey> {
     })
 }
 
-/// Runs one child stream: keeps its part of the index and wakes the model each event concerns.
-fn spawn_child_stream<K, S>(
-    stream_no: usize,
-    stream: S,
-    store: Store<K>,
+/// One child stream of one watch: which kind, its readiness flag, the namespace it lists.
+struct ChildStream {
+    kind: &'static str,
+    flag: usize,
+    namespace: Option<String>,
     index: Arc<Index>,
-    part: fn(&Index) -> &KindIndex,
     ready: Readiness,
     route: Route,
-) where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-    S: Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
-{
-    let kind = STREAMS[stream_no];
-    // Deliberately not instrumented: a span here would live as long as the process and every
-    // model's trace would collapse into it.
-    tokio::spawn(async move {
-        hold_for_fault_injection(kind).await;
-        futures::pin_mut!(stream);
-        let mut relist: Option<Relist> = None;
-        while let Some(item) = stream.next().await {
-            let event = match item {
-                Ok(event) => event,
-                Err(error) => {
-                    tracing::warn!(%error, kind, "watch error; retrying");
-                    continue;
-                }
-            };
-            match event {
-                Event::Apply(o) => {
-                    let Some(key) = model_of(o.meta()) else { continue };
-                    part(&index).insert(key.clone(), o.name_any());
-                    send(&route, SupervisorMsg::Child { key });
-                }
-                Event::Delete(o) => {
-                    let Some(key) = model_of(o.meta()) else { continue };
-                    part(&index).remove(&key, &o.name_any());
-                    send(&route, SupervisorMsg::Child { key });
-                }
-                Event::Init => relist = Some(Default::default()),
-                Event::InitApply(o) => {
-                    let (Some(key), Some((fresh, changed))) = (model_of(o.meta()), relist.as_mut()) else {
+}
+
+impl ChildStream {
+    /// Runs the stream: keeps its part of the index and wakes the model each event concerns.
+    fn spawn<K, S>(self, stream: S, store: Store<K>, part: fn(&Index) -> &KindIndex)
+    where
+        K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+        S: Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
+    {
+        let ChildStream {
+            kind,
+            flag,
+            namespace,
+            index,
+            ready,
+            route,
+        } = self;
+        // Deliberately not instrumented: a span here would live as long as the process and every
+        // model's trace would collapse into it.
+        tokio::spawn(async move {
+            hold_for_fault_injection(kind).await;
+            futures::pin_mut!(stream);
+            let mut relist: Option<Relist> = None;
+            while let Some(item) = stream.next().await {
+                let event = match item {
+                    Ok(event) => event,
+                    Err(error) => {
+                        tracing::warn!(%error, kind, "watch error; retrying");
                         continue;
-                    };
-                    // The cache still shows the state before the relist: a model whose child
-                    // changed in the gap is woken once the relist is complete.
-                    let before = store.get(&ObjectRef::from_obj(&o));
-                    if before.is_none_or(|b| b.resource_version() != o.resource_version()) {
-                        changed.insert(key.clone());
                     }
-                    fresh.entry(key).or_default().insert(o.name_any());
-                }
-                Event::InitDone => {
-                    let (fresh, mut changed) = relist.take().unwrap_or_default();
-                    changed.extend(part(&index).replace(fresh));
-                    tracing::debug!(kind, woken = changed.len(), "watch listed");
-                    ready.listed(stream_no);
-                    for key in changed {
+                };
+                match event {
+                    Event::Apply(o) => {
+                        let Some(key) = model_of(o.meta()) else { continue };
+                        part(&index).insert(key.clone(), o.name_any());
                         send(&route, SupervisorMsg::Child { key });
+                    }
+                    Event::Delete(o) => {
+                        let Some(key) = model_of(o.meta()) else { continue };
+                        part(&index).remove(&key, &o.name_any());
+                        send(&route, SupervisorMsg::Child { key });
+                    }
+                    Event::Init => relist = Some(Default::default()),
+                    Event::InitApply(o) => {
+                        let (Some(key), Some((fresh, changed))) = (model_of(o.meta()), relist.as_mut()) else {
+                            continue;
+                        };
+                        // The cache still shows the state before the relist: a model whose child
+                        // changed in the gap is woken once the relist is complete.
+                        let before = store.get(&ObjectRef::from_obj(&o));
+                        if before.is_none_or(|b| b.resource_version() != o.resource_version()) {
+                            changed.insert(key.clone());
+                        }
+                        fresh.entry(key).or_default().insert(o.name_any());
+                    }
+                    Event::InitDone => {
+                        let (fresh, mut changed) = relist.take().unwrap_or_default();
+                        changed.extend(part(&index).replace(namespace.as_deref(), fresh));
+                        tracing::debug!(kind, woken = changed.len(), "watch listed");
+                        ready.listed(flag);
+                        for key in changed {
+                            send(&route, SupervisorMsg::Child { key });
+                        }
                     }
                 }
             }
-        }
-    });
+        });
+    }
 }
 
 /// What a model event must change to wake its actor: identity, generation (the spec),
@@ -564,7 +617,7 @@ fn model_key(meta: &ObjectMeta) -> Option<ModelKey> {
 
 /// Runs the MLModel stream: tells the supervisor about models that appear, change (other than
 /// by a status write) or go.
-async fn run_model_stream<S>(stream: S, ready: Readiness, route: Route)
+async fn run_model_stream<S>(stream: S, ready: Readiness, flag: usize, route: Route)
 where
     S: Stream<Item = watcher::Result<Event<DynamicObject>>> + Send + 'static,
 {
@@ -641,7 +694,7 @@ where
                 }
                 seen = fresh;
                 tracing::debug!(kind = "MLModel", changed = messages.len(), "watch listed");
-                ready.listed(0);
+                ready.listed(flag);
                 for message in messages {
                     send(&route, message);
                 }
@@ -688,10 +741,25 @@ mod tests {
             (key("b"), BTreeSet::from(["b-v2".to_owned()])),
             (key("d"), BTreeSet::from(["d-v1".to_owned()])),
         ]);
-        let changed = index.replace(fresh);
+        let changed = index.replace(None, fresh);
         assert_eq!(changed, HashSet::from([key("b"), key("c"), key("d")]));
         assert_eq!(index.names(&key("c")), Vec::<String>::new());
         assert_eq!(index.names(&key("b")), vec!["b-v2".to_owned()]);
+    }
+
+    #[test]
+    fn a_relist_of_one_namespace_leaves_the_others_index_alone() {
+        let index = KindIndex::default();
+        let other = ModelKey {
+            namespace: "other".into(),
+            name: "a".into(),
+        };
+        index.insert(key("a"), "a-v1".into());
+        index.insert(other.clone(), "a-v1".into());
+        let changed = index.replace(Some("ml"), HashMap::new());
+        assert_eq!(changed, HashSet::from([key("a")]));
+        assert_eq!(index.names(&key("a")), Vec::<String>::new());
+        assert_eq!(index.names(&other), vec!["a-v1".to_owned()]);
     }
 
     #[test]

@@ -3,7 +3,6 @@
 use super::pods::{diagnose, first_line};
 use super::{Action, ChildRef, Observed, Plan, PodObs, Settings, observe, reason};
 use crate::api::{MLModel, Phase};
-use crate::download::redact_url;
 use crate::resources::{self, DownloadContext};
 
 /// Creates or follows the download of `version`, deletes Jobs of versions nothing uses, and
@@ -44,7 +43,7 @@ pub(super) fn download(
                 report.phase(
                     Phase::Downloading,
                     "Downloading",
-                    format!("downloading {}", redact_url(&model.spec.model_url)),
+                    format!("downloading {}", model.spec.shown_source()),
                 );
                 report.downloaded(false, "Downloading", "the download Job was created");
             }
@@ -77,7 +76,7 @@ pub(super) fn download(
                         report.phase(
                             Phase::Downloading,
                             "Downloading",
-                            format!("downloading {}", redact_url(&model.spec.model_url)),
+                            format!("downloading {}", model.spec.shown_source()),
                         );
                         report.downloaded(false, "Downloading", "the download Job is waiting for its volume");
                     }
@@ -96,7 +95,7 @@ pub(super) fn download(
                         report.phase(
                             Phase::Downloading,
                             "Downloading",
-                            format!("downloading {}", redact_url(&model.spec.model_url)),
+                            format!("downloading {}", model.spec.shown_source()),
                         );
                         report.downloaded(false, "Downloading", "the download Job is running");
                     }

@@ -19,7 +19,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::api::{FINALIZER, MLModel, MLModelStatus, Phase};
-use crate::resources::{self, BuildSettings};
+use crate::resources::{self, BuildSettings, quantity_bytes};
 pub use observe::{Observed, PodObs};
 use report::{Report, Wakeup};
 use storage::Storage;
@@ -110,7 +110,36 @@ pub struct InvalidSpec {
 /// Checks what the CRD schema cannot.
 pub fn validate(model: &MLModel) -> Result<(), InvalidSpec> {
     let spec = &model.spec;
-    let url = url::Url::parse(&spec.model_url).map_err(|e| InvalidSpec {
+    match (&spec.model_url, &spec.model_url_from) {
+        (Some(url), None) => validate_url(url)?,
+        // The URL is in a Secret the operator never reads; the downloader checks it.
+        (None, Some(_)) => {}
+        _ => {
+            return Err(InvalidSpec {
+                field: "spec.modelURL",
+                message: "exactly one of spec.modelURL and spec.modelURLFrom must be set".into(),
+            });
+        }
+    }
+    if quantity_bytes(&spec.storage_size) == Some(0) {
+        return Err(InvalidSpec {
+            field: "spec.storageSize",
+            message: "must be greater than zero".into(),
+        });
+    }
+    if let Some(image) = spec.runtime.as_ref().and_then(|r| r.image.as_ref())
+        && (image.chars().any(char::is_whitespace) || image.starts_with('-'))
+    {
+        return Err(InvalidSpec {
+            field: "spec.runtime.image",
+            message: format!("{image:?} is not an image reference"),
+        });
+    }
+    Ok(())
+}
+
+fn validate_url(raw: &str) -> Result<(), InvalidSpec> {
+    let url = url::Url::parse(raw).map_err(|e| InvalidSpec {
         field: "spec.modelURL",
         message: format!("not a valid URL: {e}"),
     })?;
@@ -132,26 +161,7 @@ pub fn validate(model: &MLModel) -> Result<(), InvalidSpec> {
             message: "credentials must not be embedded in the URL; reference a Secret in spec.credentials".into(),
         });
     }
-    if quantity_is_zero(&spec.storage_size) {
-        return Err(InvalidSpec {
-            field: "spec.storageSize",
-            message: "must be greater than zero".into(),
-        });
-    }
-    if let Some(image) = spec.runtime.as_ref().and_then(|r| r.image.as_ref())
-        && (image.chars().any(char::is_whitespace) || image.starts_with('-'))
-    {
-        return Err(InvalidSpec {
-            field: "spec.runtime.image",
-            message: format!("{image:?} is not an image reference"),
-        });
-    }
     Ok(())
-}
-
-fn quantity_is_zero(q: &str) -> bool {
-    let digits: String = q.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-    digits.parse::<f64>().map(|v| v == 0.0).unwrap_or(false)
 }
 
 /// The artifact version the current spec needs: a version already downloaded (or downloading)

@@ -8,7 +8,6 @@ use k8s_openapi::jiff::Timestamp;
 use super::pods::Problem;
 use super::{Action, Decision, Settings, reason};
 use crate::api::{Failure, MLModel, MLModelStatus, Phase, ServingVersion};
-use crate::download::redact_url;
 use crate::resources;
 
 /// Earliest pending wake-up.
@@ -56,7 +55,7 @@ impl Report {
             generation,
             now,
             source: resources::source_digest(model),
-            model_url: redact_url(&model.spec.model_url),
+            model_url: model.spec.shown_source(),
             endpoint: model
                 .spec
                 .expose

@@ -31,34 +31,46 @@ pub fn install() -> &'static Path {
         for path in ["crd/mlmodels.yaml", "rbac/namespace.yaml", "rbac/rbac.yaml"] {
             cluster.kubectl_ok(&["apply", "--server-side", "-f", &deploy.join(path).to_string_lossy()]);
         }
-        cluster.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/mlmodels.oda.tmforum.org",
-            "--timeout=30s",
-        ]);
-        let token = cluster.kubectl_ok(&[
-            "create",
-            "token",
-            "mlmodel-operator",
-            "-n",
-            OPERATOR_NAMESPACE,
-            "--duration=24h",
-        ]);
-        let mut config = match Kubeconfig::read_from(&cluster.kubeconfig) {
-            Ok(c) => c,
-            Err(e) => panic!("cannot read {}: {e}", cluster.kubeconfig.display()),
-        };
-        for auth in config.auth_infos.iter_mut() {
-            if let Some(info) = auth.auth_info.as_mut() {
-                info.token = Some(token.trim().to_owned().into());
-            }
-        }
-        let path = cluster.state_dir.join("operator.kubeconfig");
-        let yaml = serde_yaml::to_string(&config).unwrap_or_else(|e| panic!("cannot encode kubeconfig: {e}"));
-        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        path
+        wait_for_crd();
+        service_account_kubeconfig()
     })
+}
+
+/// Waits until the MLModel CRD is served.
+pub fn wait_for_crd() {
+    support::cluster().kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/mlmodels.oda.tmforum.org",
+        "--timeout=30s",
+    ]);
+}
+
+/// Writes a kubeconfig that authenticates with a token of the operator's ServiceAccount
+/// (which must exist) and returns its path.
+pub fn service_account_kubeconfig() -> PathBuf {
+    let cluster = support::cluster();
+    let token = cluster.kubectl_ok(&[
+        "create",
+        "token",
+        "mlmodel-operator",
+        "-n",
+        OPERATOR_NAMESPACE,
+        "--duration=24h",
+    ]);
+    let mut config = match Kubeconfig::read_from(&cluster.kubeconfig) {
+        Ok(c) => c,
+        Err(e) => panic!("cannot read {}: {e}", cluster.kubeconfig.display()),
+    };
+    for auth in config.auth_infos.iter_mut() {
+        if let Some(info) = auth.auth_info.as_mut() {
+            info.token = Some(token.trim().to_owned().into());
+        }
+    }
+    let path = cluster.state_dir.join("operator.kubeconfig");
+    let yaml = serde_yaml::to_string(&config).unwrap_or_else(|e| panic!("cannot encode kubeconfig: {e}"));
+    std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
 }
 
 /// One operator process.
@@ -70,9 +82,13 @@ pub struct Operator {
     pub identity: String,
 }
 
-/// Starts an operator with the given extra environment.
+/// Starts an operator with the given extra environment, with the RBAC of [`install`].
 pub fn start(identity: &str, env: &[(&str, &str)]) -> Operator {
-    let kubeconfig = install();
+    start_with(install(), identity, env)
+}
+
+/// Starts an operator that authenticates with `kubeconfig`.
+pub fn start_with(kubeconfig: &Path, identity: &str, env: &[(&str, &str)]) -> Operator {
     let cluster = support::cluster();
     let log = cluster
         .state_dir

@@ -66,7 +66,7 @@ fn the_download_job_continues_the_rollout_trace() {
 #[test]
 fn credentials_in_a_signed_url_never_reach_the_status() {
     let mut m = model();
-    m.spec.model_url = "https://h.example/m.tar.gz?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA".to_owned();
+    m.spec.model_url = Some("https://h.example/m.tar.gz?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA".to_owned());
     let downloading = Observed {
         pvc: pvc("Bound"),
         ..nothing()
@@ -335,7 +335,7 @@ fn target_version_reuses_an_artifact_of_the_same_source() {
     }
     let m = model();
     let mut other = model();
-    other.spec.model_url = "https://models.example.com/iris-v2.tar.gz".to_owned();
+    other.spec.model_url = Some("https://models.example.com/iris-v2.tar.gz".to_owned());
     let mut checked = model();
     checked.spec.sha256 = Some("a".repeat(64));
     let digest = resources::source_digest(&m);
@@ -425,7 +425,7 @@ fn a_new_model_url_downloads_a_new_version_while_the_old_one_serves() {
     assert_eq!(ready.phase, Some(Phase::Ready));
 
     let mut v2 = next_generation(&v1, ready);
-    v2.spec.model_url = "https://models.example.com/iris-v2.tar.gz".to_owned();
+    v2.spec.model_url = Some("https://models.example.com/iris-v2.tar.gz".to_owned());
     assert_eq!(target_version(&v2, &serving_v1), 2);
 
     // The download of version 2 starts; version 1 is left alone.
@@ -524,7 +524,7 @@ fn jobs_of_older_versions_are_deleted_once_nothing_uses_them() {
     let v1 = model();
     let mut v2 = model();
     v2.metadata.generation = Some(2);
-    v2.spec.model_url = "https://models.example.com/iris-v2.tar.gz".to_owned();
+    v2.spec.model_url = Some("https://models.example.com/iris-v2.tar.gz".to_owned());
     let cases = [
         Case {
             name: "the Deployment serves version 2",
@@ -579,7 +579,7 @@ fn a_download_superseded_by_a_newer_spec_is_deleted() {
     let v1 = model();
     let mut v2 = model();
     v2.metadata.generation = Some(2);
-    v2.spec.model_url = "https://models.example.com/iris-v2.tar.gz".to_owned();
+    v2.spec.model_url = Some("https://models.example.com/iris-v2.tar.gz".to_owned());
     let observed = Observed {
         pvc: pvc("Bound"),
         jobs: vec![running_job(&v1, 1)],
@@ -606,7 +606,7 @@ fn a_failed_update_keeps_the_model_available_and_says_the_update_failed() {
     let serving_v1 = serving(&v1, 1, vec![ready_pod("iris-serving-old", 1)]);
     let ready = decide(&v1, &serving_v1, &settings()).status;
     let mut v2 = next_generation(&v1, ready.clone());
-    v2.spec.model_url = "https://models.example.com/absent.tar.gz".to_owned();
+    v2.spec.model_url = Some("https://models.example.com/absent.tar.gz".to_owned());
     let mut failing = serving_v1.clone();
     failing.jobs.push(failed_job(&v2, 2));
 

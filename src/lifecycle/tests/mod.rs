@@ -62,7 +62,8 @@ fn model() -> MLModel {
     let mut m = MLModel::new(
         "iris",
         MLModelSpec {
-            model_url: URL.to_owned(),
+            model_url: Some(URL.to_owned()),
+            model_url_from: None,
             storage_size: "1Gi".to_owned(),
             framework: Framework::Tensorflow,
             replicas: 1,
@@ -491,7 +492,7 @@ fn validate_accepts_what_the_operator_can_act_on() {
     ];
     for (url, size) in ok {
         let mut m = model();
-        m.spec.model_url = url.to_owned();
+        m.spec.model_url = Some(url.to_owned());
         m.spec.storage_size = size.to_owned();
         assert_eq!(validate(&m), Ok(()), "{url} {size}");
     }
@@ -595,7 +596,7 @@ fn an_invalid_spec_fails_without_touching_children() {
     ];
     for case in cases {
         let mut m = model();
-        m.spec.model_url = case.url.to_owned();
+        m.spec.model_url = Some(case.url.to_owned());
         m.spec.storage_size = case.storage_size.to_owned();
         m.spec.runtime = case.image.map(|i| RuntimeOverride {
             image: Some(i.to_owned()),
@@ -637,13 +638,64 @@ fn an_invalid_spec_fails_without_touching_children() {
 #[test]
 fn a_url_with_credentials_is_reported_without_them() {
     let mut m = model();
-    m.spec.model_url = "https://user:hunter2@h/m".to_owned();
+    m.spec.model_url = Some("https://user:hunter2@h/m".to_owned());
 
     let d = decide(&m, &nothing(), &settings());
 
     assert_eq!(last_failure(&d).reason, reason::INVALID_SPEC);
     let status = serde_json::to_string(&d.status).unwrap();
     assert!(!status.contains("hunter2"), "{status}");
+}
+
+fn by_reference(m: &mut MLModel) {
+    m.spec.model_url = None;
+    m.spec.model_url_from = Some(crate::api::ModelUrlSource {
+        secret_key_ref: crate::api::SecretKeySelector {
+            name: "presigned".to_owned(),
+            key: "url".to_owned(),
+        },
+    });
+}
+
+#[test]
+fn a_url_given_by_reference_is_reported_by_its_secret_and_key() {
+    let mut m = model();
+    by_reference(&mut m);
+    let observed = Observed {
+        pvc: pvc("Bound"),
+        ..nothing()
+    };
+
+    let d = decide(&m, &observed, &settings());
+
+    assert_eq!(d.status.phase, Some(Phase::Downloading));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("downloading secretKeyRef:presigned/url")
+    );
+    assert!(d.actions.iter().any(|a| matches!(a, Action::ApplyJob(_))));
+}
+
+#[test]
+fn a_model_with_neither_or_both_urls_is_an_invalid_spec() {
+    let mut neither = model();
+    neither.spec.model_url = None;
+    let mut both = model();
+    by_reference(&mut both);
+    both.spec.model_url = Some(URL.to_owned());
+    for m in [neither, both] {
+        let d = decide(&m, &nothing(), &settings());
+        assert_eq!(last_failure(&d).reason, reason::INVALID_SPEC);
+        assert!(
+            d.status
+                .message
+                .as_deref()
+                .is_some_and(|msg| msg.contains("exactly one of spec.modelURL and spec.modelURLFrom")),
+            "{:?}",
+            d.status.message
+        );
+        assert!(!d.actions.iter().any(|a| matches!(a, Action::ApplyPvc(_))));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
