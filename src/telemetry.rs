@@ -588,15 +588,14 @@ where
         let mut line = String::new();
         self.inner.format_event(ctx, Writer::new(&mut line), event)?;
         if self.json {
-            // Splice the ids in as the first members, keeping one flat JSON object per line.
-            if let Some(rest) = line.strip_prefix('{') {
-                write!(writer, "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"")?;
-                if !rest.trim_start().starts_with('}') {
-                    writer.write_char(',')?;
-                }
-                return writer.write_str(rest);
-            }
-            return writer.write_str(&line);
+            // The ids become members of the JSON object tracing-subscriber wrote, one flat
+            // object per line.
+            let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(&line) else {
+                return writer.write_str(&line);
+            };
+            object.insert("trace_id".to_owned(), trace_id.to_string().into());
+            object.insert("span_id".to_owned(), span_id.to_string().into());
+            return writeln!(writer, "{}", serde_json::Value::Object(object));
         }
         let (body, newline) = match line.strip_suffix('\n') {
             Some(body) => (body, "\n"),
