@@ -12,6 +12,8 @@
 //! otherwise be what is measured).
 //!
 //! `BENCH_BURST_ONLY=1` stops after the burst (no restart, no failover);
+//! `BENCH_TRACES=1` runs the test bed with a Jaeger the operator exports to, and after the
+//! burst compares apply -> Ready with Jaeger running and with it killed (then stops);
 //! `MLMODEL_OPERATOR_BIN=<path>` measures another build of the operator.
 //!
 //! Times are when this process observed each event through its own watches, so every figure
@@ -331,6 +333,25 @@ impl Observer {
     }
 }
 
+/// Creates `count` models named `<prefix>-<i>`, 32 at a time; returns when each was sent.
+async fn create_models(models: &Api<MLModel>, prefix: &str, count: usize) -> HashMap<String, Instant> {
+    let applied: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    futures::stream::iter(0..count)
+        .for_each_concurrent(32, |i| {
+            let (models, applied) = (models.clone(), applied.clone());
+            async move {
+                let name = format!("{prefix}-{i}");
+                applied.lock().unwrap().insert(name.clone(), Instant::now());
+                models
+                    .create(&PostParams::default(), &model(&name))
+                    .await
+                    .expect("create");
+            }
+        })
+        .await;
+    applied.lock().unwrap().clone()
+}
+
 fn diff(later: &Seen, earlier: &HashMap<String, Instant>) -> Vec<Duration> {
     let later = later.lock().unwrap();
     let mut xs: Vec<Duration> = earlier
@@ -377,6 +398,12 @@ fn start_operator(identity: &str, port: u16, leader: bool) -> operator::Operator
         ("METRICS_ADDR", addr.as_str()),
         ("RESYNC_SECONDS", "300"),
     ];
+    if let Some(jaeger) = &support::cluster().jaeger {
+        env.extend([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp_grpc.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ]);
+    }
     if leader {
         env.extend([("LEADER_ELECT", "true"), ("LEASE_NAME", LEASE)]);
     }
@@ -397,6 +424,10 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    let traces = std::env::var_os("BENCH_TRACES").is_some();
+    if traces {
+        support::jaeger_cluster();
+    }
     let client = support::client().await;
     add_nodes(&client, 2 * count + 100).await;
     let ns = support::namespace("bench").await;
@@ -426,22 +457,8 @@ async fn main() {
     .await;
     let requests_before = metric(port, "mlmodel_api_requests_total");
 
-    let applied: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let burst = Instant::now();
-    futures::stream::iter(0..count)
-        .for_each_concurrent(32, |i| {
-            let (models, applied) = (models.clone(), applied.clone());
-            async move {
-                let name = format!("bench-{i}");
-                applied.lock().unwrap().insert(name.clone(), Instant::now());
-                models
-                    .create(&PostParams::default(), &model(&name))
-                    .await
-                    .expect("create");
-            }
-        })
-        .await;
-    let applied = applied.lock().unwrap().clone();
+    let applied = create_models(&models, "bench", count).await;
     wait_until("every model Ready", Duration::from_secs(3600), || {
         observer.ready.lock().unwrap().len() > count
     })
@@ -485,6 +502,29 @@ async fn main() {
         "API requests per minute when idle (operator writes)",
         format!("{idle_per_minute:.0}"),
     );
+
+    if traces {
+        // The same burst again with the collector gone: export must not slow a rollout.
+        let with_jaeger = diff(&observer.ready, &applied);
+        let _stopped = support::kill_component(&support::cluster().state_dir, "jaeger");
+        let applied = create_models(&models, "nojaeger", count).await;
+        wait_until("every model Ready without Jaeger", Duration::from_secs(3600), || {
+            observer.ready.lock().unwrap().len() > 2 * count
+        })
+        .await;
+        let without_jaeger = diff(&observer.ready, &applied);
+        row("apply -> Ready p50, Jaeger running", ms(percentile(&with_jaeger, 0.5)));
+        row(
+            "apply -> Ready p50, Jaeger killed",
+            ms(percentile(&without_jaeger, 0.5)),
+        );
+        row(
+            "spans dropped (Jaeger killed)",
+            format!("{}", metric(port, "mlmodel_trace_spans_dropped_total")),
+        );
+        op.kill();
+        return;
+    }
 
     if std::env::var_os("BENCH_BURST_ONLY").is_some() {
         op.kill();

@@ -439,7 +439,8 @@ for m in "${models[@]}"; do
         grep -qE '"operationName":"mlmodel\.(ready|failed)"' && break
       sleep 0.5
     done
-    python3 "$repo/deploy/trace-tree.py" "$jaeger_url" "$trace_id" || info "(the trace could not be read from Jaeger)"
+    env ${admin_kubeconfig:+"KUBECONFIG=$admin_kubeconfig"} "$binary" trace "$m" -n "$namespace" \
+      --jaeger "$jaeger_url" || info "(the trace could not be read from Jaeger)"
   fi
   printf '  events (kubectl get events.events.k8s.io --field-selector regarding.name=%s):\n' "$m"
   "${kubectl[@]}" get events.events.k8s.io -n "$namespace" \

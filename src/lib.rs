@@ -9,6 +9,7 @@
 //! - [`leader`]: leader election over a `coordination.k8s.io` Lease.
 //! - [`telemetry`] and [`metrics`]: traces, logs, Prometheus metrics and health endpoints.
 //! - [`download`]: the `download` subcommand run by each model's download Job.
+//! - [`traceview`]: the `trace` subcommand, a model's rollout trace drawn from Jaeger.
 
 pub mod actors;
 pub mod api;
@@ -20,3 +21,4 @@ pub mod metrics;
 pub mod operator;
 pub mod resources;
 pub mod telemetry;
+pub mod traceview;

@@ -14,6 +14,7 @@ use mlmodel_operator::lifecycle::Settings;
 use mlmodel_operator::operator::{self, RunSettings, WatchScope};
 use mlmodel_operator::resources::BuildSettings;
 use mlmodel_operator::telemetry::{self, LogFormat};
+use mlmodel_operator::traceview::{self, TraceArgs};
 
 /// Deploys machine-learning models described by MLModel resources.
 #[derive(Parser, Debug)]
@@ -35,6 +36,8 @@ enum Command {
     Crd,
     /// Download a model artifact into a volume (what the download Job runs).
     Download(DownloadArgs),
+    /// Draw a model's current rollout trace, fetched from Jaeger, as a waterfall.
+    Trace(TraceArgs),
 }
 
 /// Flags of `mlmodel-operator run`.
@@ -289,6 +292,18 @@ async fn async_main(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Trace(args) => match traceview::run(&args).await {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => match args.into_settings() {
             Err(message) => {
                 eprintln!("error: {message}");

@@ -130,6 +130,11 @@ impl Metrics {
             api_requests.clone(),
         );
         registry.register(
+            "mlmodel_trace_spans_dropped",
+            "Spans dropped because the OTLP collector did not take them (export never waits)",
+            crate::telemetry::spans_dropped(),
+        );
+        registry.register(
             "mlmodel_is_leader",
             "1 while this replica holds the leader lease, else 0",
             is_leader.clone(),
@@ -399,6 +404,7 @@ mod tests {
             r#"mlmodel_api_requests_total{verb="patch",kind="Deployment",outcome="success"} 2"#,
             r#"mlmodel_api_requests_total{verb="patch",kind="Deployment",outcome="conflict"} 1"#,
             "mlmodel_is_leader 1",
+            "# TYPE mlmodel_trace_spans_dropped counter",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

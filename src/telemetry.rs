@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator;
@@ -18,9 +18,11 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceId, Tracer
 use opentelemetry::{InstrumentationScope, KeyValue, global};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData};
+use prometheus_client::metrics::counter::Counter;
 use tracing::dispatcher::WeakDispatch;
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -45,6 +47,46 @@ const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+
+/// Spans the OTLP exporter could not deliver (collector down or unreachable), which are
+/// dropped rather than retried: export never holds a reconcile back.
+static SPANS_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// The count of spans dropped because the collector did not take them; the operator's
+/// metrics publish it as `mlmodel_trace_spans_dropped_total`.
+pub fn spans_dropped() -> Counter {
+    SPANS_DROPPED.clone()
+}
+
+/// An exporter that counts the spans of every batch its inner exporter fails to deliver.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    dropped: Counter,
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        if result.is_err() {
+            self.dropped.inc_by(spans);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
 
 /// Errors raised while installing telemetry or shutting it down.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +234,10 @@ pub fn init(service_name_default: &str, log_format: LogFormat) -> Result<Telemet
         // The SDK's batch processor runs on its own thread, which suits both transports: the
         // gRPC channel lives on `export_runtime`, and the blocking HTTP client must stay off
         // Tokio worker threads.
+        let exporter = CountingExporter {
+            inner: exporter,
+            dropped: spans_dropped(),
+        };
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(batch.build())
             .build();
@@ -334,28 +380,11 @@ fn parse_resource_attributes(raw: &str) -> Vec<KeyValue> {
         .collect()
 }
 
+/// `value` percent-decoded; malformed escapes are left as they are.
 fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match decoded {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -559,15 +588,14 @@ where
         let mut line = String::new();
         self.inner.format_event(ctx, Writer::new(&mut line), event)?;
         if self.json {
-            // Splice the ids in as the first members, keeping one flat JSON object per line.
-            if let Some(rest) = line.strip_prefix('{') {
-                write!(writer, "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"")?;
-                if !rest.trim_start().starts_with('}') {
-                    writer.write_char(',')?;
-                }
-                return writer.write_str(rest);
-            }
-            return writer.write_str(&line);
+            // The ids become members of the JSON object tracing-subscriber wrote, one flat
+            // object per line.
+            let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(&line) else {
+                return writer.write_str(&line);
+            };
+            object.insert("trace_id".to_owned(), trace_id.to_string().into());
+            object.insert("span_id".to_owned(), span_id.to_string().into());
+            return writeln!(writer, "{}", serde_json::Value::Object(object));
         }
         let (body, newline) = match line.strip_suffix('\n') {
             Some(body) => (body, "\n"),

@@ -3,8 +3,10 @@
 # and kwok (fake nodes, simulated pod lifecycle), all on 127.0.0.1 with free ports; with
 # --real-node also a real node (containerd, kubelet, kube-proxy, local-path-provisioner, a
 # model store) whose pods really run, and then the API server listens on the node's bridge.
+# A real node comes with Jaeger (OTLP in on the bridge); --jaeger starts it without one (OTLP
+# in on 127.0.0.1). Its addresses are the JAEGER_* lines of <state-dir>/cluster.env.
 #
-#   tests/cluster/cluster.sh up <state-dir> [--watch-pid PID] [--real-node]
+#   tests/cluster/cluster.sh up <state-dir> [--watch-pid PID] [--real-node] [--jaeger]
 #   tests/cluster/cluster.sh down <state-dir>
 #   tests/cluster/cluster.sh env <state-dir>
 #
@@ -25,6 +27,7 @@ control_plane=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 node_components=(containerd kubelet kube-proxy local-path-provisioner model-store jaeger)
 components=("${control_plane[@]}")
 real_node=0
+jaeger=0
 
 log() { echo "[cluster] $*" >&2; }
 die() {
@@ -33,7 +36,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,13p' "$self" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,15p' "$self" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -131,6 +134,10 @@ cmd_up() {
         ;;
       --real-node)
         real_node=1
+        shift
+        ;;
+      --jaeger)
+        jaeger=1
         shift
         ;;
       *) usage ;;
@@ -352,6 +359,14 @@ EOF
       echo "JAEGER_QUERY_URL=http://$jaeger_query"
     } >>"$state/cluster.env"
     log "real node $node_name Ready in $((SECONDS - t))s"
+  elif [[ $jaeger == 1 ]]; then
+    components+=(jaeger)
+    node_start_jaeger "$bin" 127.0.0.1
+    {
+      echo "JAEGER_OTLP_GRPC=http://$jaeger_otlp_grpc"
+      echo "JAEGER_OTLP_HTTP=http://$jaeger_otlp_http"
+      echo "JAEGER_QUERY_URL=http://$jaeger_query"
+    } >>"$state/cluster.env"
   fi
   for c in "${components[@]}"; do require_running "$c"; done
 
@@ -396,7 +411,7 @@ stop_cluster() {
     stop_components "$st" kube-apiserver etcd
     if [[ "$(cat "$node_lock/owner" 2>/dev/null)" == "$st" ]]; then node_cleanup_host; fi
   else
-    stop_components "$st" kwok kube-scheduler kube-controller-manager kube-apiserver etcd
+    stop_components "$st" jaeger kwok kube-scheduler kube-controller-manager kube-apiserver etcd
   fi
 }
 

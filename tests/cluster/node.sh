@@ -375,15 +375,16 @@ node_start_s3_store() {
   done
 }
 
-# node_start_jaeger: Jaeger v2 (tests/cluster/jaeger.yaml) with in-memory storage: OTLP in on
-# the bridge address, where the operator and the node's pods both reach it; query API on
-# loopback (JAEGER_* in cluster.env).
+# node_start_jaeger BIN [OTLP_HOST]: Jaeger v2 (tests/cluster/jaeger.yaml) with in-memory
+# storage: OTLP in on OTLP_HOST (by default the bridge address, where the operator and the
+# node's pods both reach it); query API on loopback (JAEGER_* in cluster.env).
 node_start_jaeger() {
-  local bin="$1"
-  jaeger_otlp_grpc="$node_ip:$(pick_port)"
-  jaeger_otlp_http="$node_ip:$(pick_port)"
+  local bin="$1" otlp_host="${2:-$node_ip}"
+  jaeger_otlp_grpc="$otlp_host:$(pick_port)"
+  jaeger_otlp_http="$otlp_host:$(pick_port)"
   jaeger_query="127.0.0.1:$(pick_port)"
   # The config is copied into the state dir, so `down` recognises the process as this cluster's.
+  mkdir -p "$state/node"
   cp "$here/jaeger.yaml" "$state/node/jaeger.yaml"
   start jaeger env JAEGER_OTLP_GRPC="$jaeger_otlp_grpc" JAEGER_OTLP_HTTP="$jaeger_otlp_http" \
     JAEGER_QUERY_HTTP="$jaeger_query" JAEGER_QUERY_GRPC="127.0.0.1:$(pick_port)" \

@@ -11,6 +11,9 @@
 //! a cluster with a real node. Only one real node can run per machine, so the test command
 //! starts one and names it in `MLMODEL_TEST_NODE_CLUSTER`; without it the binary starts its
 //! own with `up --real-node`, which fails at once if another real node runs.
+//!
+//! Tests that read traces ask for [`jaeger_cluster`] first: a kwok cluster with a Jaeger
+//! (`up --jaeger`), its addresses in [`TestCluster::jaeger`].
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -51,6 +54,21 @@ pub struct TestCluster {
     pub apiserver_url: String,
     /// The real node, when the cluster has one.
     pub node: Option<RealNode>,
+    /// Jaeger, when the cluster has one (`--jaeger`, or a real node).
+    pub jaeger: Option<Jaeger>,
+}
+
+/// The Jaeger of a cluster started with `--jaeger` (or `--real-node`).
+#[derive(Debug, Clone)]
+pub struct Jaeger {
+    /// `http://<address>:<port>` of its OTLP gRPC receiver.
+    pub otlp_grpc: String,
+    /// `http://<address>:<port>` of its OTLP HTTP receiver.
+    pub otlp_http: String,
+    /// `http://127.0.0.1:<port>` of its query API (`/api/traces`, `/api/v3/...`).
+    pub query_url: String,
+    /// Its pid file in the cluster's state dir (read it to stop Jaeger mid-test).
+    pub pid_file: PathBuf,
 }
 
 /// The real node of a cluster started with `--real-node`.
@@ -122,6 +140,30 @@ pub fn node_cluster() -> &'static TestCluster {
     }
 }
 
+/// The cluster with a Jaeger shared by every test of this binary; call it before anything
+/// else that uses the cluster. `MLMODEL_TEST_CLUSTER` may name one started with `--jaeger`.
+///
+/// Panics when the cluster cannot start, or when this binary already uses a cluster without
+/// a Jaeger.
+pub fn jaeger_cluster() -> &'static TestCluster {
+    let cluster = CLUSTER.get_or_init(|| match std::env::var_os("MLMODEL_TEST_CLUSTER") {
+        Some(dir) if !dir.is_empty() => TestCluster::existing(PathBuf::from(dir)),
+        _ => TestCluster::start_with(&["--jaeger"]),
+    });
+    match cluster {
+        Ok(cluster) => {
+            cluster.jaeger();
+            cluster
+        }
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// The Jaeger of [`jaeger_cluster`].
+pub fn jaeger() -> &'static Jaeger {
+    jaeger_cluster().jaeger()
+}
+
 /// The real node of [`node_cluster`].
 pub fn real_node() -> &'static RealNode {
     node_cluster().node.as_ref().expect("node_cluster has a real node")
@@ -159,6 +201,11 @@ fn repo_root() -> PathBuf {
 
 impl TestCluster {
     fn start(real_node: bool) -> Result<Self, String> {
+        Self::start_with(if real_node { &["--real-node"] } else { &[] })
+    }
+
+    /// Starts a cluster with `cluster.sh up` and the extra `flags`.
+    fn start_with(flags: &[&str]) -> Result<Self, String> {
         let script = repo_root().join("tests/cluster/cluster.sh");
         let state_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "cluster-{}-{:08x}",
@@ -171,9 +218,7 @@ impl TestCluster {
             .arg(&state_dir)
             .arg("--watch-pid")
             .arg(std::process::id().to_string());
-        if real_node {
-            cmd.arg("--real-node");
-        }
+        cmd.args(flags);
         let output = cmd
             .stdin(Stdio::null())
             .output()
@@ -223,12 +268,32 @@ impl TestCluster {
             }),
             None => None,
         };
+        let jaeger = match env.get("JAEGER_QUERY_URL") {
+            Some(query_url) => Some(Jaeger {
+                otlp_grpc: get("JAEGER_OTLP_GRPC")?,
+                otlp_http: get("JAEGER_OTLP_HTTP")?,
+                query_url: (*query_url).to_owned(),
+                pid_file: state_dir.join("pids/jaeger.pid"),
+            }),
+            None => None,
+        };
         Ok(Self {
             kubeconfig: PathBuf::from(get("KUBECONFIG")?),
             bin_dir: PathBuf::from(get("BIN_DIR")?),
             apiserver_url: get("APISERVER_URL")?,
             node,
+            jaeger,
             state_dir,
+        })
+    }
+
+    /// The cluster's Jaeger; panics when it has none.
+    pub fn jaeger(&self) -> &Jaeger {
+        self.jaeger.as_ref().unwrap_or_else(|| {
+            panic!(
+                "the cluster in {} has no Jaeger (start it with `cluster.sh up --jaeger`)",
+                self.state_dir.display()
+            )
         })
     }
 
@@ -523,43 +588,99 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Kills the API server, keeps it down for `outage`, and starts it again with the same
-/// command line, recording the new pid where `cluster.sh down` finds it.
-pub fn restart_apiserver(state_dir: &Path, outage: Duration) {
-    let pidfile = state_dir.join("pids/kube-apiserver.pid");
-    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let argv: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
+/// A cluster component killed by [`kill_component`]. [`Stopped::start_again`] (or dropping
+/// it) starts it again with the same command line and environment, recording the new pid
+/// where `cluster.sh down` finds it.
+#[derive(Debug)]
+pub struct Stopped {
+    pid_file: PathBuf,
+    log: PathBuf,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    started: bool,
+}
+
+/// SIGKILLs the component `name` (`kube-apiserver`, `jaeger`, ...) of the cluster in
+/// `state_dir` and waits until it is gone.
+pub fn kill_component(state_dir: &Path, name: &str) -> Stopped {
+    let pid_file = state_dir.join(format!("pids/{name}.pid"));
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", pid_file.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    let nul_separated = |file: &str| -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/{file}"))
+            .unwrap_or_else(|e| panic!("reading /proc/{pid}/{file}: {e}"))
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    };
+    let argv = nul_separated("cmdline");
+    let env = nul_separated("environ")
+        .into_iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect();
     assert!(
         Command::new("kill")
             .args(["-9", &pid.to_string()])
             .status()
-            .unwrap()
-            .success()
+            .is_ok_and(|s| s.success()),
+        "kill -9 {pid} ({name}) failed"
     );
     let start = Instant::now();
     while alive(pid) {
-        assert!(start.elapsed() < Duration::from_secs(10), "the API server did not die");
+        assert!(start.elapsed() < Duration::from_secs(10), "{name} did not die");
         std::thread::sleep(Duration::from_millis(20));
     }
+    Stopped {
+        pid_file,
+        log: state_dir.join(format!("logs/{name}.log")),
+        argv,
+        env,
+        started: false,
+    }
+}
+
+impl Stopped {
+    /// Starts the component again (once).
+    pub fn start_again(&mut self) {
+        if std::mem::replace(&mut self.started, true) {
+            return;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", self.log.display()));
+        // The cluster's own `down` stops the new process (by the pid recorded below), as it
+        // did the first one; this process never waits for it.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new("setsid")
+            .args(&self.argv)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("restarting {:?}: {e}", self.argv));
+        std::fs::write(&self.pid_file, child.id().to_string())
+            .unwrap_or_else(|e| panic!("writing {}: {e}", self.pid_file.display()));
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.start_again();
+    }
+}
+
+/// Kills the API server, keeps it down for `outage`, and starts it again with the same
+/// command line, recording the new pid where `cluster.sh down` finds it.
+pub fn restart_apiserver(state_dir: &Path, outage: Duration) {
+    let mut stopped = kill_component(state_dir, "kube-apiserver");
     std::thread::sleep(outage);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(state_dir.join("logs/kube-apiserver.log"))
-        .unwrap();
-    // The cluster's own `down` stops the new API server (by the pid recorded below), as it did
-    // the first one; this process never waits for it.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new("setsid")
-        .args(&argv)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    std::fs::write(&pidfile, child.id().to_string()).unwrap();
+    stopped.start_again();
 }
