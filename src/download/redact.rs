@@ -55,7 +55,8 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
-fn is_credential_param(name: &str) -> bool {
+/// Whether a query parameter's name marks it as a credential.
+pub(crate) fn is_credential_param(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     CREDENTIAL_PARAMS.contains(&name.as_str()) || CREDENTIAL_FRAGMENTS.iter().any(|f| name.contains(f))
 }
