@@ -1094,3 +1094,74 @@ async fn sigterm_stops_the_download_and_removes_its_staging_directory() {
     assert!(line.starts_with("Terminated: ") && line.contains("SIGTERM"), "{line}");
     fx.assert_clean();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fuzzing inputs replayed (tests/fuzz): the seeds, and every input that once crashed a target
+// ---------------------------------------------------------------------------------------------
+
+/// The files of `tests/fuzz/corpus/<target>` and `tests/fuzz/regressions/<target>`.
+fn fuzz_inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz");
+    let mut inputs = Vec::new();
+    for dir in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            inputs.push((path, data));
+        }
+    }
+    assert!(!inputs.is_empty(), "no inputs for {target}");
+    inputs
+}
+
+#[test]
+fn fuzz_inputs_for_unpacking_stay_within_the_caps() {
+    let limits = download::Limits {
+        max_bytes: Some(64 * 1024),
+        max_entries: 32,
+    };
+    for (path, data) in fuzz_inputs("unpack") {
+        let Some((&selector, archive)) = data.split_first() else {
+            continue;
+        };
+        let kind = [
+            download::ArtifactKind::Tar,
+            download::ArtifactKind::TarGz,
+            download::ArtifactKind::Zip,
+        ][usize::from(selector % 3)];
+        let tmp = tempfile::tempdir().unwrap();
+        let into = tmp.path().join("content");
+        std::fs::create_dir(&into).unwrap();
+        let result = download::fuzzing::unpack(archive, kind, &into, limits);
+        if path.parent().unwrap().parent().unwrap().ends_with("corpus") {
+            assert!(result.is_ok(), "{}: {:?}", path.display(), result);
+        }
+        assert_eq!(dir_names(tmp.path()), vec!["content"], "{}", path.display());
+    }
+}
+
+#[test]
+fn fuzz_inputs_for_urls_never_show_credentials() {
+    for (path, data) in fuzz_inputs("url") {
+        let Ok(raw) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        let shown = redact_url(raw);
+        assert!(
+            !download::fuzzing::leaks_credentials(&shown),
+            "{}: {shown}",
+            path.display()
+        );
+        if let Ok((shown, _)) = download::fuzzing::parse_url(raw) {
+            assert!(
+                !download::fuzzing::leaks_credentials(&shown),
+                "{}: {shown}",
+                path.display()
+            );
+        }
+        let _ = download::fuzzing::scrub_message(raw);
+    }
+}

@@ -7,6 +7,8 @@
 
 #![no_main]
 
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
@@ -44,20 +46,22 @@ fuzz_target!(|data: &[u8]| {
     assert!(files <= LIMITS.max_entries, "{files} files written");
 });
 
-/// Bytes in regular files (apparent size) and entries other than directories under `dir`.
+/// Bytes in regular files (apparent size, each inode once: hard links share theirs) and
+/// entries other than directories under `dir`.
 fn usage(dir: &Path) -> (u64, u64) {
-    let mut bytes = 0;
-    let mut files = 0;
-    for entry in std::fs::read_dir(dir).expect("list") {
-        let entry = entry.expect("entry");
-        let meta = std::fs::symlink_metadata(entry.path()).expect("metadata");
-        if meta.is_dir() {
-            let (b, f) = usage(&entry.path());
-            bytes += b;
-            files += f;
-        } else {
+    let mut inodes = HashSet::new();
+    let (mut bytes, mut files) = (0, 0);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("list") {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("metadata");
+            if meta.is_dir() {
+                pending.push(path);
+                continue;
+            }
             files += 1;
-            if meta.is_file() {
+            if meta.is_file() && inodes.insert(meta.ino()) {
                 bytes += meta.len();
             }
         }
