@@ -41,13 +41,13 @@
 //!   requests, plain HTTP allowed).
 //! - GCS (`gs://bucket/key`): `GOOGLE_SERVICE_ACCOUNT_KEY` (the JSON key itself) or
 //!   `GOOGLE_APPLICATION_CREDENTIALS` (a path to it).
+//! - HTTP(S): `HTTP_BEARER_TOKEN`, or `HTTP_USERNAME` + `HTTP_PASSWORD` (basic auth).
+//!   Presigned URLs need nothing else; their signatures are redacted from all output.
 //!
 //! Without them an `s3://` or `gs://` object is fetched anonymously (unsigned requests). The
 //! node's own credentials (web identity, container or instance metadata, profiles,
 //! application default credentials) are used only with `--ambient-credentials`: without it
 //! anyone allowed to create a model could read whatever the node's role can.
-//! - HTTP(S): `HTTP_BEARER_TOKEN`, or `HTTP_USERNAME` + `HTTP_PASSWORD` (basic auth).
-//!   Presigned URLs need nothing else; their signatures are redacted from all output.
 //!
 //! Credentials never appear in logs, errors or the marker: every URL shown goes through
 //! [`redact_url`]. A URL that is itself a secret (presigned, or with a token in its query)

@@ -127,6 +127,19 @@ mod tests {
     }
 
     #[test]
+    fn removes_session_tokens_and_other_signed_queries() {
+        for url in [
+            "https://b.s3.amazonaws.com/m.tgz?X-Amz-Security-Token=FwoG&X-Amz-Date=1",
+            "https://d.cloudfront.net/m.tgz?Expires=1&Signature=abc&Key-Pair-Id=K1",
+            "https://acct.blob.core.windows.net/c/m.tgz?sv=2024&se=2026&sp=r&sig=abc",
+            "https://h/m.tgz?api_key=abc",
+            "https://h/m.tgz?X-Auth-Token=abc",
+        ] {
+            assert!(!redact_url(url).contains('?'), "{url}");
+        }
+    }
+
+    #[test]
     fn keeps_harmless_query_and_drops_fragment() {
         assert_eq!(
             redact_url("https://h/m.bin?versionId=3#access_token=x"),
