@@ -82,9 +82,13 @@ pub(crate) fn scrub_message(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(pos) = rest.find("://") {
+        // The scheme starts after the last character that cannot be in one (which may be
+        // wider than a byte).
         let start = rest[..pos]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = rest[pos..]
             .find(|c: char| c.is_whitespace() || matches!(c, ')' | '(' | '"' | '\'' | '<' | '>' | '`'))
             .map_or(rest.len(), |i| pos + i);
@@ -167,5 +171,8 @@ mod tests {
             "error sending request for url (https://h/m): connection refused"
         );
         assert_eq!(scrub_message("no url here"), "no url here");
+        // Found by the `url` fuzz target: a multi-byte character right before the scheme.
+        assert_eq!(scrub_message("\u{3d7}ttp://u:oken=2"), "\u{3d7}ttp://u:oken=2");
+        assert_eq!(scrub_message("é http://u:p@h/x"), "é http://h/x");
     }
 }
