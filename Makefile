@@ -18,6 +18,7 @@ help:
 	@echo "make cluster-down  stop it"
 	@echo "make fmt           cargo fmt"
 	@echo "make lint          cargo fmt --check and clippy with warnings as errors"
+	@echo "make fuzz          run each fuzz target in tests/fuzz for 10 minutes or 1M executions (not part of make test)"
 
 demo:
 	deploy/demo.sh
@@ -54,3 +55,23 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features fault-injection -- -D warnings
+
+# Fuzz targets (tests/fuzz, a crate of its own; needs `cargo install cargo-fuzz`). cargo-fuzz
+# builds with -Zsanitizer=address, which RUSTC_BOOTSTRAP=1 allows on a stable toolchain. Each
+# target runs until FUZZ_SECONDS pass or FUZZ_RUNS inputs were tried; new inputs go to
+# tests/fuzz/target/corpus/<target> (the committed seeds in tests/fuzz/corpus/<target> are
+# only read), crashes to tests/fuzz/artifacts/<target>/.
+.PHONY: fuzz
+FUZZ_TARGETS ?= unpack url termination mlmodel
+FUZZ_SECONDS ?= 600
+FUZZ_RUNS    ?= 1000000
+FUZZ_CARGO   := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+
+fuzz:
+	$(FUZZ_CARGO) build --fuzz-dir tests/fuzz --codegen-units 16
+	set -e; for target in $(FUZZ_TARGETS); do \
+		mkdir -p tests/fuzz/target/corpus/$$target; \
+		$(FUZZ_CARGO) run --fuzz-dir tests/fuzz --codegen-units 16 $$target \
+			tests/fuzz/target/corpus/$$target tests/fuzz/corpus/$$target \
+			-- -max_total_time=$(FUZZ_SECONDS) -runs=$(FUZZ_RUNS) -print_final_stats=1; \
+	done

@@ -35,7 +35,7 @@ enum Command {
     /// Print the MLModel CustomResourceDefinition as YAML.
     Crd,
     /// Download a model artifact into a volume (what the download Job runs).
-    Download(DownloadArgs),
+    Download(Box<DownloadArgs>),
     /// Draw a model's current rollout trace, fetched from Jaeger, as a waterfall.
     Trace(TraceArgs),
 }
@@ -279,7 +279,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             telemetry::parent_from_env(&span);
             let result = {
                 use tracing::Instrument;
-                download::run(args).instrument(span).await
+                download::run(*args).instrument(span).await
             };
             match result {
                 Ok(report) => {

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mlmodel_operator::api::Framework;
@@ -28,10 +28,11 @@ enum Reply {
 
 type Script = dyn Fn(usize, &str) -> Reply + Send + Sync;
 
-/// A tiny HTTP/1.1 server: one response per connection, requests counted.
+/// A tiny HTTP/1.1 server: one response per connection, requests counted and recorded.
 struct Server {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -39,18 +40,26 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Script> = Arc::new(script);
         let counter = Arc::clone(&hits);
+        let recorded = Arc::clone(&heads);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let script = Arc::clone(&script);
                 let counter = Arc::clone(&counter);
+                let recorded = Arc::clone(&recorded);
                 tokio::spawn(async move {
-                    let _ = handle(stream, script, counter).await;
+                    let _ = handle(stream, script, counter, recorded).await;
                 });
             }
         });
-        Self { addr, hits }
+        Self { addr, hits, heads }
+    }
+
+    /// The request lines and headers received so far.
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     fn url(&self, path: &str) -> String {
@@ -62,7 +71,12 @@ impl Server {
     }
 }
 
-async fn handle(mut stream: TcpStream, script: Arc<Script>, counter: Arc<AtomicUsize>) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    script: Arc<Script>,
+    counter: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -73,11 +87,17 @@ async fn handle(mut stream: TcpStream, script: Arc<Script>, counter: Arc<AtomicU
         head.extend_from_slice(&buf[..n]);
     }
     let head = String::from_utf8_lossy(&head);
+    heads.lock().unwrap().push(head.to_string());
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     let index = counter.fetch_add(1, Ordering::SeqCst);
     let reply = script(index, &path);
-    let header =
-        |status: &str, len: usize| format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    // ETag and Last-Modified: the S3 client requires them.
+    let header = |status: &str, len: usize| {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {len}\r\nETag: \"1\"\r\n\
+             Last-Modified: Wed, 25 Nov 2026 00:00:00 GMT\r\nConnection: close\r\n\r\n"
+        )
+    };
     match reply {
         Reply::Ok(body) => {
             stream.write_all(header("200 OK", body.len()).as_bytes()).await?;
@@ -122,7 +142,8 @@ impl Fixture {
 
     fn args(&self, url: &str) -> DownloadArgs {
         DownloadArgs {
-            url: url.to_string(),
+            url: Some(url.to_string()),
+            url_env: None,
             dest: self.dest.clone(),
             model_name: "resnet".to_string(),
             version: 1,
@@ -132,6 +153,9 @@ impl Fixture {
             termination_log: self.log.clone(),
             s3_endpoint: None,
             framework: Framework::Custom,
+            max_unpacked_bytes: None,
+            max_entries: download::DEFAULT_MAX_ENTRIES,
+            ambient_credentials: false,
         }
     }
 
@@ -747,4 +771,397 @@ fn s3_download() {
 #[test]
 fn s3_wrong_secret() {
     run_s3_child("s3_wrong_secret_in_child", "wrong-secret");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unpacking limits
+// ---------------------------------------------------------------------------------------------
+
+/// Serves `artifact` as `name` and runs the downloader with the given limits; the run must
+/// fail as `InvalidArchive` with `expected` in its line, leaving nothing on the volume.
+async fn assert_over_limit(name: &str, artifact: Vec<u8>, max_bytes: Option<u64>, max_entries: u64, expected: &str) {
+    let server = Server::start(move |_, _| Reply::Ok(artifact.clone())).await;
+    let fx = Fixture::new();
+    let mut args = fx.args(&server.url(&format!("/{name}")));
+    args.max_unpacked_bytes = max_bytes;
+    args.max_entries = max_entries;
+
+    let err = download::run(args).await.unwrap_err();
+
+    assert_eq!(err.category(), "InvalidArchive", "{err}");
+    let line = fx.log_line();
+    assert!(
+        line.starts_with("InvalidArchive: ") && line.contains(expected),
+        "{line}"
+    );
+    fx.assert_clean();
+}
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test]
+async fn zip_bomb_stops_at_the_byte_cap_and_leaves_nothing() {
+    let zeros = vec![0u8; 32 * MIB as usize];
+    let archive = zip(&[("saved_model.pb", b"graph"), ("variables/huge.data", &zeros)]);
+    assert!(archive.len() < 100_000, "highly compressible: {} bytes", archive.len());
+    assert_over_limit(
+        "m.zip",
+        archive,
+        Some(MIB),
+        100,
+        "archive unpacks to more than 1048576 bytes (--max-unpacked-bytes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn tar_gz_bomb_stops_at_the_byte_cap_and_leaves_nothing() {
+    let zeros = vec![0u8; 32 * MIB as usize];
+    let archive = tar_gz(&[("saved_model.pb", b"graph"), ("variables/huge.data", &zeros)]);
+    assert!(archive.len() < 200_000, "highly compressible: {} bytes", archive.len());
+    assert_over_limit("m.tar.gz", archive, Some(MIB), 100, "more than 1048576 bytes").await;
+}
+
+#[tokio::test]
+async fn many_small_files_add_up_to_the_byte_cap() {
+    let chunk = vec![7u8; 100_000];
+    let names: Vec<String> = (0..20).map(|i| format!("shard-{i}")).collect();
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), chunk.as_slice())).collect();
+    assert_over_limit("m.tar.gz", tar_gz(&entries), Some(MIB), 100, "more than 1048576 bytes").await;
+}
+
+#[tokio::test]
+async fn a_single_file_larger_than_the_cap_is_refused() {
+    assert_over_limit(
+        "model.onnx",
+        model_bytes(50_000),
+        Some(10_000),
+        100,
+        "artifact is more than 10000 bytes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_archive_within_the_caps_is_unpacked() {
+    let archive = tar_gz(&[("saved_model.pb", &[1u8; 1000]), ("variables/v", &[2u8; 1000])]);
+    let server = Server::start(move |_, _| Reply::Ok(archive.clone())).await;
+    let fx = Fixture::new();
+    let mut args = fx.args(&server.url("/m.tar.gz"));
+    args.max_unpacked_bytes = Some(2000);
+    args.max_entries = 2;
+
+    download::run(args).await.unwrap();
+
+    assert_eq!(
+        std::fs::read(fx.version_dir().join("variables/v")).unwrap(),
+        [2u8; 1000]
+    );
+}
+
+#[tokio::test]
+async fn too_many_tar_entries_is_invalid_archive() {
+    let names: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    assert_over_limit(
+        "m.tar.gz",
+        tar_gz(&entries),
+        None,
+        10,
+        "archive has more than 10 entries (--max-entries)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn too_many_zip_entries_is_invalid_archive() {
+    let names: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    assert_over_limit("m.zip", zip(&entries), None, 10, "archive has more than 10 entries").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The downloader as a process: the URL by reference, anonymous S3, SIGTERM
+// ---------------------------------------------------------------------------------------------
+
+/// The downloader binary writing into `fx`, with an empty environment but for `env`.
+fn downloader(fx: &Fixture, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mlmodel-operator"));
+    command
+        .env_clear()
+        .envs(env.iter().copied())
+        .arg("download")
+        .arg(format!("--dest={}", fx.dest.display()))
+        .args(["--model-name=resnet", "--version=1", "--timeout=30", "--retries=0"])
+        .arg(format!("--termination-log={}", fx.log.display()))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs the command to its end: (success, stdout and stderr together).
+async fn output(mut command: tokio::process::Command) -> (bool, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("the downloader finishes")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn a_url_given_by_reference_never_appears_in_any_output() {
+    let body = model_bytes(5000);
+    let served = body.clone();
+    let server = Server::start(move |_, path| {
+        if path.starts_with("/m.bin") {
+            Reply::Ok(served.clone())
+        } else {
+            Reply::Status(404)
+        }
+    })
+    .await;
+    let secrets = ["S3KR1T-T0KEN", "AKIAREFERENCE", "51GNATURE"];
+    let query = "?token=S3KR1T-T0KEN&X-Amz-Credential=AKIAREFERENCE&X-Amz-Signature=51GNATURE";
+
+    let fx = Fixture::new();
+    let url = format!("{}{query}\n", server.url("/m.bin"));
+    let (ok, logs) = output(downloader(
+        &fx,
+        &["--url-env=MODEL_URL_FROM_SECRET"],
+        &[("MODEL_URL_FROM_SECRET", &url)],
+    ))
+    .await;
+    assert!(ok, "{logs}");
+    assert_eq!(std::fs::read(fx.version_dir().join("m.bin")).unwrap(), body);
+    assert!(
+        logs.contains(&server.url("/m.bin")),
+        "the redacted URL is logged: {logs}"
+    );
+    let marker = std::fs::read_to_string(fx.version_dir().join(download::MARKER_FILE)).unwrap();
+    assert!(
+        server.heads()[0].starts_with(&format!("GET /m.bin{query} ")),
+        "the full URL was fetched: {:?}",
+        server.heads()
+    );
+
+    let failing = Fixture::new();
+    let url = format!("{}{query}", server.url("/absent.bin"));
+    let (ok, failed_logs) = output(downloader(
+        &failing,
+        &["--url-env=MODEL_URL_FROM_SECRET"],
+        &[("MODEL_URL_FROM_SECRET", &url)],
+    ))
+    .await;
+    assert!(!ok);
+    let line = failing.log_line();
+    assert_eq!(
+        line,
+        format!("NotFound: HTTP 404 fetching {}", server.url("/absent.bin"))
+    );
+
+    for secret in secrets {
+        for (what, text) in [
+            ("logs", &logs),
+            ("marker", &marker),
+            ("failure logs", &failed_logs),
+            ("termination message", &line),
+        ] {
+            assert!(!text.contains(secret), "{secret} in the {what}: {text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_url_variable_is_an_invalid_argument() {
+    let fx = Fixture::new();
+    let (ok, logs) = output(downloader(&fx, &["--url-env=MODEL_URL_FROM_SECRET"], &[])).await;
+    assert!(!ok, "{logs}");
+    assert!(
+        fx.log_line()
+            .starts_with("InvalidArgument: environment variable MODEL_URL_FROM_SECRET (--url-env)"),
+        "{}",
+        fx.log_line()
+    );
+    fx.assert_clean();
+}
+
+/// An S3 endpoint and instance-metadata endpoint in one: serves `/models-bucket/m.bin` and
+/// answers 404 to everything else (the metadata paths).
+async fn s3_and_metadata_server(body: Vec<u8>) -> Server {
+    Server::start(move |_, path| {
+        if path == "/models-bucket/m.bin" {
+            Reply::Ok(body.clone())
+        } else {
+            Reply::Status(404)
+        }
+    })
+    .await
+}
+
+/// Variables a node or a careless Secret may provide, none of which may be used without
+/// `--ambient-credentials`.
+fn node_credentials(server: &Server) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_METADATA_ENDPOINT", server.url("")),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", server.url("")),
+        ("AWS_PROFILE", "node".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "AKIAONLYHALFAPAIR".to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn s3_without_keys_is_fetched_anonymously_never_with_the_nodes_credentials() {
+    let body = model_bytes(3000);
+    let server = s3_and_metadata_server(body.clone()).await;
+    let fx = Fixture::new();
+    let env = node_credentials(&server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let endpoint = format!("--s3-endpoint={}", server.url(""));
+
+    let (ok, logs) = output(downloader(&fx, &["--url=s3://models-bucket/m.bin", &endpoint], &env)).await;
+
+    assert!(ok, "{logs}");
+    assert_eq!(std::fs::read(fx.version_dir().join("m.bin")).unwrap(), body);
+    let heads = server.heads();
+    assert_eq!(heads.len(), 1, "only the object was requested: {heads:?}");
+    assert!(heads[0].starts_with("GET /models-bucket/m.bin "), "{heads:?}");
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("\nauthorization:"),
+        "unsigned: {heads:?}"
+    );
+}
+
+#[tokio::test]
+async fn ambient_credentials_are_looked_up_only_with_the_flag() {
+    let server = s3_and_metadata_server(model_bytes(3000)).await;
+    let fx = Fixture::new();
+    let metadata = server.url("");
+    let env = [("AWS_METADATA_ENDPOINT", metadata.as_str())];
+    let endpoint = format!("--s3-endpoint={}", server.url(""));
+
+    let _ = output(downloader(
+        &fx,
+        &["--url=s3://models-bucket/m.bin", &endpoint, "--ambient-credentials"],
+        &env,
+    ))
+    .await;
+
+    assert!(
+        server.heads().iter().any(|h| h.contains(" /latest/")),
+        "the instance metadata endpoint was asked: {:?}",
+        server.heads()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_download_and_removes_its_staging_directory() {
+    let server = Server::start(|_, _| Reply::Slow(model_bytes(100_000), Duration::from_millis(20))).await;
+    let fx = Fixture::new();
+    let mut child = downloader(&fx, &[&format!("--url={}", server.url("/m.tar.gz"))], &[])
+        .spawn()
+        .unwrap();
+
+    let started = Instant::now();
+    while !dir_names(&fx.dest).iter().any(|n| n.starts_with(".tmp-resnet-1-")) || server.hits() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the download never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("stops promptly")
+        .unwrap();
+    assert!(!status.success());
+    assert_eq!(status.code(), Some(1), "exits with an error, not killed by the signal");
+    let line = fx.log_line();
+    assert!(line.starts_with("Terminated: ") && line.contains("SIGTERM"), "{line}");
+    fx.assert_clean();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fuzzing inputs replayed (tests/fuzz): the seeds, and every input that once crashed a target
+// ---------------------------------------------------------------------------------------------
+
+/// The files of `tests/fuzz/corpus/<target>` and `tests/fuzz/regressions/<target>`.
+fn fuzz_inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz");
+    let mut inputs = Vec::new();
+    for dir in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            inputs.push((path, data));
+        }
+    }
+    assert!(!inputs.is_empty(), "no inputs for {target}");
+    inputs
+}
+
+#[test]
+fn fuzz_inputs_for_unpacking_stay_within_the_caps() {
+    let limits = download::Limits {
+        max_bytes: Some(64 * 1024),
+        max_entries: 32,
+    };
+    for (path, data) in fuzz_inputs("unpack") {
+        let Some((&selector, archive)) = data.split_first() else {
+            continue;
+        };
+        let kind = [
+            download::ArtifactKind::Tar,
+            download::ArtifactKind::TarGz,
+            download::ArtifactKind::Zip,
+        ][usize::from(selector % 3)];
+        let tmp = tempfile::tempdir().unwrap();
+        let into = tmp.path().join("content");
+        std::fs::create_dir(&into).unwrap();
+        let result = download::fuzzing::unpack(archive, kind, &into, limits);
+        if path.parent().unwrap().parent().unwrap().ends_with("corpus") {
+            assert!(result.is_ok(), "{}: {:?}", path.display(), result);
+        }
+        assert_eq!(dir_names(tmp.path()), vec!["content"], "{}", path.display());
+    }
+}
+
+#[test]
+fn fuzz_inputs_for_urls_never_show_credentials() {
+    for (path, data) in fuzz_inputs("url") {
+        let Ok(raw) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        let shown = redact_url(raw);
+        assert!(
+            !download::fuzzing::leaks_credentials(&shown),
+            "{}: {shown}",
+            path.display()
+        );
+        if let Ok((shown, _)) = download::fuzzing::parse_url(raw) {
+            assert!(
+                !download::fuzzing::leaks_credentials(&shown),
+                "{}: {shown}",
+                path.display()
+            );
+        }
+        let _ = download::fuzzing::scrub_message(raw);
+    }
 }

@@ -65,7 +65,8 @@ async fn large_download_runs_in_constant_memory() {
 
     let started = Instant::now();
     let report = download::run(DownloadArgs {
-        url,
+        url: Some(url),
+        url_env: None,
         dest: tmp.path().to_path_buf(),
         model_name: "big".into(),
         version: 1,
@@ -75,6 +76,9 @@ async fn large_download_runs_in_constant_memory() {
         termination_log: tmp.path().join("termination-log"),
         s3_endpoint: None,
         framework: Framework::Custom,
+        max_unpacked_bytes: None,
+        max_entries: download::DEFAULT_MAX_ENTRIES,
+        ambient_credentials: false,
     })
     .await
     .unwrap();
@@ -112,7 +116,8 @@ async fn throughput_from_bench_url() {
     let tmp = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let report = download::run(DownloadArgs {
-        url,
+        url: Some(url),
+        url_env: None,
         dest: tmp.path().to_path_buf(),
         model_name: "bench".into(),
         version: 1,
@@ -122,6 +127,9 @@ async fn throughput_from_bench_url() {
         termination_log: tmp.path().join("termination-log"),
         s3_endpoint: None,
         framework: Framework::Custom,
+        max_unpacked_bytes: None,
+        max_entries: download::DEFAULT_MAX_ENTRIES,
+        ambient_credentials: false,
     })
     .await
     .unwrap();

@@ -4,10 +4,15 @@
 //! absolute paths, entries written through a symlink, hard links to anything but an
 //! already unpacked file, and symlinks resolving outside the final directory are rejected
 //! as `InvalidArchive`. Device nodes and FIFOs are rejected too.
+//!
+//! Unpacking is bounded ([`Limits`]): the bytes written and the number of entries. A limit
+//! is checked before anything of the entry that would pass it is written, so a bomb (a small
+//! archive claiming a huge size or millions of entries) fails as `InvalidArchive` without
+//! filling the volume.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +22,83 @@ use tar::EntryType;
 
 use super::error::{DownloadError, is_disk_full};
 
+/// Entries an archive may hold when `--max-entries` is not given.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+
+/// Bounds on what unpacking one artifact may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes of file contents written in total; `None` leaves only the volume's size.
+    pub max_bytes: Option<u64>,
+    /// Most entries (files, directories, links, extension headers) an archive may hold.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: None,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+impl Limits {
+    /// The error for an artifact bigger than `max_bytes`.
+    pub(crate) fn too_many_bytes(&self, what: &str) -> DownloadError {
+        DownloadError::InvalidArchive(format!(
+            "{what} more than {} bytes (--max-unpacked-bytes, the volume claim's requested size)",
+            self.max_bytes.unwrap_or(u64::MAX)
+        ))
+    }
+
+    fn too_many_entries(&self) -> DownloadError {
+        DownloadError::InvalidArchive(format!(
+            "archive has more than {} entries (--max-entries)",
+            self.max_entries
+        ))
+    }
+}
+
+/// Running totals of one unpacking, checked against its [`Limits`].
+struct Budget {
+    limits: Limits,
+    bytes: u64,
+    entries: u64,
+}
+
+impl Budget {
+    fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            bytes: 0,
+            entries: 0,
+        }
+    }
+
+    /// Counts one more entry.
+    fn entry(&mut self) -> Result<(), DownloadError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(self.limits.too_many_entries());
+        }
+        Ok(())
+    }
+
+    /// Reserves `n` more bytes, failing (before they are written) if that passes the cap.
+    fn reserve(&mut self, n: u64) -> Result<(), DownloadError> {
+        let total = self.bytes.saturating_add(n);
+        if self.limits.max_bytes.is_some_and(|max| total > max) {
+            return Err(self.limits.too_many_bytes("archive unpacks to"));
+        }
+        self.bytes = total;
+        Ok(())
+    }
+}
+
 /// How an artifact is placed, decided by its file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ArtifactKind {
+pub enum ArtifactKind {
     /// `.tar`
     Tar,
     /// `.tar.gz` or `.tgz`
@@ -32,7 +111,7 @@ pub(crate) enum ArtifactKind {
 
 impl ArtifactKind {
     /// The kind for a file name (case-insensitive suffix match).
-    pub(crate) fn from_file_name(name: &str) -> Self {
+    pub fn from_file_name(name: &str) -> Self {
         let lower = name.to_ascii_lowercase();
         if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
             Self::TarGz
@@ -46,12 +125,13 @@ impl ArtifactKind {
     }
 }
 
-/// Unpacks the archive at `artifact` into the empty directory `into`. Stops early with an
-/// error once `cancel` is set.
+/// Unpacks the archive at `artifact` into the empty directory `into`, within `limits`. Stops
+/// early with an error once `cancel` is set.
 pub(crate) fn unpack(
     artifact: &Path,
     kind: ArtifactKind,
     into: &Path,
+    limits: Limits,
     cancel: &Arc<AtomicBool>,
 ) -> Result<(), DownloadError> {
     let file =
@@ -60,10 +140,21 @@ pub(crate) fn unpack(
         inner: BufReader::with_capacity(1 << 16, file),
         cancel: Arc::clone(cancel),
     };
+    unpack_from(reader, kind, into, limits)
+}
+
+/// Unpacks the archive read from `reader` into the empty directory `into`, within `limits`.
+pub fn unpack_from<R: Read + Seek>(
+    reader: R,
+    kind: ArtifactKind,
+    into: &Path,
+    limits: Limits,
+) -> Result<(), DownloadError> {
+    let mut budget = Budget::new(limits);
     match kind {
-        ArtifactKind::Tar => unpack_tar(reader, into),
-        ArtifactKind::TarGz => unpack_tar(GzDecoder::new(reader), into),
-        ArtifactKind::Zip => unpack_zip(reader, into),
+        ArtifactKind::Tar => unpack_tar(reader, into, &mut budget),
+        ArtifactKind::TarGz => unpack_tar(GzDecoder::new(reader), into, &mut budget),
+        ArtifactKind::Zip => unpack_zip(reader, into, &mut budget),
         ArtifactKind::File => Ok(()),
     }
 }
@@ -71,7 +162,7 @@ pub(crate) fn unpack(
 /// The directory whose contents become `<model>/<version>/`: if `root` holds exactly one
 /// entry and that entry is a real directory (for instance `my-model/saved_model.pb` at the
 /// archive's top), that directory; otherwise `root` itself. Only one level is flattened.
-pub(crate) fn content_root(root: &Path) -> Result<PathBuf, DownloadError> {
+pub fn content_root(root: &Path) -> Result<PathBuf, DownloadError> {
     let io_err = |e: io::Error| DownloadError::from_io(&format!("cannot list {}", root.display()), &e);
     let mut entries = fs::read_dir(root).map_err(io_err)?;
     let first = entries.next().transpose().map_err(io_err)?;
@@ -84,7 +175,7 @@ pub(crate) fn content_root(root: &Path) -> Result<PathBuf, DownloadError> {
 
 /// Checks that every symlink under `root` resolves to something inside `root`, as it will
 /// be served from there.
-pub(crate) fn check_symlinks(root: &Path) -> Result<(), DownloadError> {
+pub fn check_symlinks(root: &Path) -> Result<(), DownloadError> {
     let canonical_root = fs::canonicalize(root)
         .map_err(|e| DownloadError::from_io(&format!("cannot resolve {}", root.display()), &e))?;
     let mut pending = vec![root.to_path_buf()];
@@ -117,7 +208,7 @@ pub(crate) fn check_symlinks(root: &Path) -> Result<(), DownloadError> {
     Ok(())
 }
 
-fn unpack_tar<R: Read>(reader: R, into: &Path) -> Result<(), DownloadError> {
+fn unpack_tar<R: Read>(reader: R, into: &Path, budget: &mut Budget) -> Result<(), DownloadError> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(false);
     archive.set_unpack_xattrs(false);
@@ -125,13 +216,21 @@ fn unpack_tar<R: Read>(reader: R, into: &Path) -> Result<(), DownloadError> {
     let entries = archive.entries().map_err(|e| read_error("tar", &e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| read_error("tar", &e))?;
+        budget.entry()?;
         let raw_path = entry.path().map_err(|e| read_error("tar", &e))?.into_owned();
         let Some(relative) = safe_relative(&raw_path)? else {
             continue;
         };
         ensure_no_symlink_ancestor(into, &relative)?;
         match entry.header().entry_type() {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse | EntryType::Directory => {}
+            EntryType::Directory => {}
+            EntryType::Regular | EntryType::Continuous => budget.reserve(entry.size())?,
+            // A sparse file's length is its real size, not the data stored.
+            EntryType::GNUSparse => {
+                let real_size = entry.header().as_gnu().map_or(Ok(0), |gnu| gnu.real_size());
+                let real_size = real_size.map_err(|e| read_error("tar", &e))?;
+                budget.reserve(entry.size().max(real_size))?;
+            }
             EntryType::Symlink => {
                 let target = entry.link_name().map_err(|e| read_error("tar", &e))?.ok_or_else(|| {
                     DownloadError::InvalidArchive(format!("symlink {} has no target", relative.display()))
@@ -163,10 +262,15 @@ fn unpack_tar<R: Read>(reader: R, into: &Path) -> Result<(), DownloadError> {
     Ok(())
 }
 
-fn unpack_zip<R: Read + Seek>(reader: R, into: &Path) -> Result<(), DownloadError> {
+fn unpack_zip<R: Read + Seek>(reader: R, into: &Path, budget: &mut Budget) -> Result<(), DownloadError> {
     let mut archive = zip::ZipArchive::new(reader).map_err(zip_error)?;
+    // The central directory lists every entry: refuse before writing anything.
+    if archive.len() as u64 > budget.limits.max_entries {
+        return Err(budget.limits.too_many_entries());
+    }
     for index in 0..archive.len() {
         let mut entry = archive.by_index(index).map_err(zip_error)?;
+        budget.entry()?;
         let raw_name = entry.name().to_string();
         let Some(relative) = safe_relative(Path::new(&raw_name))? else {
             continue;
@@ -207,12 +311,11 @@ fn unpack_zip<R: Read + Seek>(reader: R, into: &Path) -> Result<(), DownloadErro
             .create_new(true)
             .open(&path)
             .map_err(io_err)?;
-        io::copy(&mut entry, &mut out).map_err(|e| {
-            if e.kind() == io::ErrorKind::Other || e.kind() == io::ErrorKind::InvalidData {
-                read_error("zip", &e)
-            } else {
-                write_error(&relative, &e)
-            }
+        // The declared size may lie: every chunk is counted as it is written.
+        copy_within_budget(&mut entry, &mut out, budget).map_err(|e| match e {
+            CopyError::Budget(e) => e,
+            CopyError::Read(e) => read_error("zip", &e),
+            CopyError::Write(e) => write_error(&relative, &e),
         })?;
         if let Some(mode) = entry.unix_mode() {
             use std::os::unix::fs::PermissionsExt;
@@ -222,6 +325,32 @@ fn unpack_zip<R: Read + Seek>(reader: R, into: &Path) -> Result<(), DownloadErro
         }
     }
     Ok(())
+}
+
+/// Why [`copy_within_budget`] stopped.
+enum CopyError {
+    /// The byte cap would be passed.
+    Budget(DownloadError),
+    /// Reading (decompressing) failed.
+    Read(io::Error),
+    /// Writing failed.
+    Write(io::Error),
+}
+
+/// Copies `from` to `to` one buffer at a time, reserving each buffer in `budget` before it
+/// is written, so nothing is written past the cap.
+fn copy_within_budget(from: &mut impl Read, to: &mut impl Write, budget: &mut Budget) -> Result<(), CopyError> {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        budget.reserve(n as u64).map_err(CopyError::Budget)?;
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+    }
 }
 
 /// Removes a file or symlink left by an earlier entry of the same name, so that the new
@@ -420,6 +549,74 @@ mod tests {
         assert!(check_symlink_target(Path::new("link"), Path::new("../x")).is_err());
         assert!(check_symlink_target(Path::new("a/link"), Path::new("../../x")).is_err());
         assert!(check_symlink_target(Path::new("link"), Path::new("/etc/passwd")).is_err());
+    }
+
+    fn limits(max_bytes: u64, max_entries: u64) -> Limits {
+        Limits {
+            max_bytes: Some(max_bytes),
+            max_entries,
+        }
+    }
+
+    #[test]
+    fn budget_refuses_what_would_pass_the_cap() {
+        let mut budget = Budget::new(limits(100, 2));
+        budget.reserve(60).unwrap();
+        budget.reserve(40).unwrap();
+        let err = budget.reserve(1).unwrap_err();
+        assert_eq!(
+            err.termination_line(),
+            "InvalidArchive: archive unpacks to more than 100 bytes (--max-unpacked-bytes, the volume claim's \
+             requested size)"
+        );
+        assert_eq!(budget.bytes, 100, "the refused bytes are not counted as written");
+        budget.entry().unwrap();
+        budget.entry().unwrap();
+        assert_eq!(
+            budget.entry().unwrap_err().termination_line(),
+            "InvalidArchive: archive has more than 2 entries (--max-entries)"
+        );
+        let mut unbounded = Budget::new(Limits::default());
+        unbounded.reserve(u64::MAX).unwrap();
+        unbounded.reserve(u64::MAX).unwrap();
+    }
+
+    #[test]
+    fn copy_writes_nothing_past_the_cap_whatever_the_reader_claims() {
+        // A reader producing far more than any size it may have declared.
+        let mut endless = io::repeat(0).take(10 << 20);
+        let mut out = Vec::new();
+        let mut budget = Budget::new(limits(200_000, 10));
+        let Err(CopyError::Budget(err)) = copy_within_budget(&mut endless, &mut out, &mut budget) else {
+            panic!("the cap must stop the copy");
+        };
+        assert_eq!(err.category(), "InvalidArchive");
+        assert!(out.len() <= 200_000, "{} bytes written", out.len());
+    }
+
+    #[test]
+    fn tar_entry_count_is_checked_before_unpacking_more() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for i in 0..5 {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_mode(0o644);
+            builder.append_data(&mut header, format!("f{i}"), &b"x"[..]).unwrap();
+        }
+        let data = builder.into_inner().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let err = unpack_from(io::Cursor::new(&data), ArtifactKind::Tar, tmp.path(), limits(1000, 3)).unwrap_err();
+        assert_eq!(err.to_string(), "archive has more than 3 entries (--max-entries)");
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 3);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let err = unpack_from(io::Cursor::new(&data), ArtifactKind::Tar, tmp.path(), limits(3, 10)).unwrap_err();
+        assert!(err.to_string().contains("more than 3 bytes"), "{err}");
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            3,
+            "the fourth byte is never written"
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum DownloadError {
     /// The overall deadline (`--timeout`) passed.
     #[error("{0}")]
     Timeout(String),
+    /// The downloader was asked to stop (SIGTERM) before it finished.
+    #[error("{0}")]
+    Terminated(String),
     /// The artifact's SHA-256 differs from the expected one.
     #[error("expected {expected}, got {actual}")]
     ChecksumMismatch {
@@ -41,7 +44,8 @@ pub enum DownloadError {
         /// The digest of the bytes fetched.
         actual: String,
     },
-    /// The archive is corrupt, unsupported, or has entries escaping the target directory.
+    /// The archive is corrupt, unsupported, has entries escaping the target directory, or
+    /// passes a limit (`--max-unpacked-bytes`, `--max-entries`).
     #[error("{0}")]
     InvalidArchive(String),
     /// The unpacked model lacks what its framework's server loads.
@@ -66,6 +70,7 @@ impl DownloadError {
             Self::AuthFailed(_) => "AuthFailed",
             Self::Unavailable(_) => "Unavailable",
             Self::Timeout(_) => "Timeout",
+            Self::Terminated(_) => "Terminated",
             Self::ChecksumMismatch { .. } => "ChecksumMismatch",
             Self::InvalidArchive(_) => "InvalidArchive",
             Self::InvalidModelLayout(_) => "InvalidModelLayout",

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tracing::{info, warn};
 
+use super::archive::Limits;
 use super::error::DownloadError;
 use super::source::{AttemptError, ResponseObserver, classify};
 
@@ -51,12 +52,13 @@ pub(crate) async fn fetch_with_retries(
     retries: u32,
     observer: &ResponseObserver,
     shown: &str,
+    limits: Limits,
 ) -> Result<Fetched, FetchFailure> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         observer.reset();
-        match fetch_once(store, location, file, observer, shown).await {
+        match fetch_once(store, location, file, observer, shown, limits).await {
             Ok((bytes, sha256)) => {
                 return Ok(Fetched {
                     bytes,
@@ -106,12 +108,20 @@ async fn fetch_once(
     file: &Path,
     observer: &ResponseObserver,
     shown: &str,
+    limits: Limits,
 ) -> Result<(u64, String), AttemptError> {
     let response = store
         .get(location)
         .await
         .map_err(|e| classify(&e, observer.last_status(), shown))?;
     let expected = response.meta.size;
+    // The artifact lands on the same volume as what it unpacks to, so it is held to the
+    // same cap; a size announced up front is refused before anything is written.
+    let too_big = || AttemptError::permanent(limits.too_many_bytes("artifact is"));
+    let over = |n: u64| limits.max_bytes.is_some_and(|max| n > max);
+    if over(expected) {
+        return Err(too_big());
+    }
     let mut body = response.into_stream();
 
     let io_error = |what: &str, e: &std::io::Error| {
@@ -134,6 +144,9 @@ async fn fetch_once(
             }
             failure
         })?;
+        if over(progress.bytes + chunk.len() as u64) {
+            return Err(too_big());
+        }
         hasher.update(&chunk);
         out.write_all(&chunk).await.map_err(|e| io_error("cannot write", &e))?;
         progress.advance(chunk.len() as u64);

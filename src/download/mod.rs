@@ -9,7 +9,11 @@
 //!    way. If `--sha256` is given and differs, the download fails with `ChecksumMismatch`.
 //! 2. `.tar`, `.tar.gz`/`.tgz` and `.zip` artifacts are unpacked there (entries escaping
 //!    the directory are rejected as `InvalidArchive`); any other file is kept as is, named
-//!    by the URL's last path segment.
+//!    by the URL's last path segment. The bytes fetched and the bytes unpacked are each
+//!    capped by `--max-unpacked-bytes` (the operator passes the volume claim's requested
+//!    size: a hostPath volume's free space is the host's, no bound), and the entries of an
+//!    archive by `--max-entries` ([`DEFAULT_MAX_ENTRIES`]); passing either is
+//!    `InvalidArchive` naming the limit, and nothing past the cap is written.
 //! 3. Flattening: if the unpacked archive holds exactly one top-level entry and it is a
 //!    directory (e.g. `my-model/saved_model.pb`), that directory's contents become the
 //!    version directory, so `<version>/saved_model.pb` results. Only one level is
@@ -22,24 +26,32 @@
 //!    marker matches (same redacted URL, and same SHA-256 when one is given) returns at
 //!    once without fetching.
 //!
-//! The temporary directory is removed on every path, success or failure. On failure one
-//! line `<Category>: <message>` is written to the termination log (see
+//! The temporary directory is removed on every path, success or failure, and when the
+//! downloader is stopped with SIGTERM (it then fails as `Terminated`). On failure one line
+//! `<Category>: <message>` is written to the termination log (see
 //! [`DownloadError::category`]).
 //!
 //! # Credentials
 //!
-//! Credentials come only from the environment (the Job fills it from a Secret):
+//! Credentials come only from these environment variables (the Job fills them from the
+//! model's Secret):
 //! - S3 (`s3://bucket/key`): `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-//!   `AWS_SESSION_TOKEN`, `AWS_REGION` (default `us-east-1`); without keys, the usual
-//!   web-identity or instance credentials are used. `--s3-endpoint`/`AWS_ENDPOINT_URL`
-//!   selects an S3-compatible server (path-style requests, plain HTTP allowed).
+//!   `AWS_SESSION_TOKEN`, `AWS_REGION` or `AWS_DEFAULT_REGION` (default `us-east-1`).
+//!   `--s3-endpoint`/`AWS_ENDPOINT_URL` selects an S3-compatible server (path-style
+//!   requests, plain HTTP allowed).
 //! - GCS (`gs://bucket/key`): `GOOGLE_SERVICE_ACCOUNT_KEY` (the JSON key itself) or
 //!   `GOOGLE_APPLICATION_CREDENTIALS` (a path to it).
 //! - HTTP(S): `HTTP_BEARER_TOKEN`, or `HTTP_USERNAME` + `HTTP_PASSWORD` (basic auth).
 //!   Presigned URLs need nothing else; their signatures are redacted from all output.
 //!
+//! Without them an `s3://` or `gs://` object is fetched anonymously (unsigned requests). The
+//! node's own credentials (web identity, container or instance metadata, profiles,
+//! application default credentials) are used only with `--ambient-credentials`: without it
+//! anyone allowed to create a model could read whatever the node's role can.
+//!
 //! Credentials never appear in logs, errors or the marker: every URL shown goes through
-//! [`redact_url`].
+//! [`redact_url`]. A URL that is itself a secret (presigned, or with a token in its query)
+//! is best given by reference, `--url-env VAR`, so that it is not in the pod spec either.
 
 mod archive;
 mod error;
@@ -55,13 +67,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
 
+pub use archive::{ArtifactKind, DEFAULT_MAX_ENTRIES, Limits};
 pub use error::DownloadError;
 pub use redact::redact_url;
+pub use source::CredentialMode;
 
 use crate::api::Framework;
-use archive::ArtifactKind;
 use source::{Credentials, ResponseObserver, Source};
 
 /// Name of the marker file written into each completed version directory.
@@ -72,10 +86,17 @@ pub const MARKER_FILE: &str = ".mlmodel-download.json";
 // with it even when the top-level command propagates it.
 #[derive(Debug, Clone, clap::Args)]
 #[command(disable_version_flag = true)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["url", "url_env"])))]
 pub struct DownloadArgs {
-    /// Artifact URL: http://, https://, s3://bucket/key or gs://bucket/key.
-    #[arg(long, env = "MODEL_URL")]
-    pub url: String,
+    /// Artifact URL: http://, https://, s3://bucket/key or gs://bucket/key. It is visible in
+    /// the pod spec; a URL that is a secret itself belongs in `--url-env`.
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// Name of an environment variable holding the artifact URL, instead of `--url`. The URL
+    /// read from it is never printed: logs, spans and messages show it redacted.
+    #[arg(long, value_name = "VAR")]
+    pub url_env: Option<String>,
 
     /// Base directory of the mounted model volume (e.g. /models).
     #[arg(long, env = "MODEL_DEST")]
@@ -113,6 +134,50 @@ pub struct DownloadArgs {
     /// (`custom` checks nothing).
     #[arg(long, env = "MODEL_FRAMEWORK", default_value = "custom", value_parser = parse_framework)]
     pub framework: Framework,
+
+    /// Most bytes the artifact may have and an archive may unpack to (the volume claim's
+    /// requested size); more is `InvalidArchive`. Without it only the volume bounds them.
+    #[arg(long, value_name = "N")]
+    pub max_unpacked_bytes: Option<u64>,
+
+    /// Most entries an archive may hold; more is `InvalidArchive`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ENTRIES)]
+    pub max_entries: u64,
+
+    /// Let `s3://` and `gs://` fall back to the node's credentials (web identity, container
+    /// or instance metadata, profiles, application default credentials) when the
+    /// environment holds no keys. Off: such sources are fetched anonymously.
+    #[arg(long)]
+    pub ambient_credentials: bool,
+}
+
+impl DownloadArgs {
+    /// The artifact URL: `--url`, or the value of the variable `--url-env` names (trimmed, as
+    /// Secret values often end with a newline).
+    pub fn model_url(&self) -> Result<String, DownloadError> {
+        match (&self.url, &self.url_env) {
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(var)) => std::env::var(var)
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    DownloadError::InvalidArgument(format!(
+                        "environment variable {var} (--url-env) is not set, empty or not UTF-8"
+                    ))
+                }),
+            _ => Err(DownloadError::InvalidArgument(
+                "exactly one of --url and --url-env is required".into(),
+            )),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_bytes: self.max_unpacked_bytes,
+            max_entries: self.max_entries,
+        }
+    }
 }
 
 fn parse_framework(value: &str) -> Result<Framework, String> {
@@ -146,8 +211,24 @@ struct Marker {
 }
 
 /// Runs the download; on failure writes the classified line to the termination log and returns Err.
+///
+/// SIGTERM stops it: the temporary directory is removed and the run fails as `Terminated`.
 pub async fn run(args: DownloadArgs) -> Result<DownloadReport, DownloadError> {
-    let shown = redact_url(&args.url);
+    let (terminate, terminated) = watch::channel(false);
+    let listener = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut sigterm) => Some(tokio::spawn(async move {
+            if sigterm.recv().await.is_some() {
+                warn!("SIGTERM received, stopping");
+                let _ = terminate.send(true);
+            }
+        })),
+        Err(e) => {
+            warn!("cannot listen for SIGTERM: {e}");
+            None
+        }
+    };
+    let url = args.model_url();
+    let shown = url.as_deref().map_or_else(|_| String::new(), redact_url);
     let span = info_span!(
         "download",
         url = %shown,
@@ -155,7 +236,13 @@ pub async fn run(args: DownloadArgs) -> Result<DownloadReport, DownloadError> {
         version = args.version,
         error.category = tracing::field::Empty,
     );
-    let result = download(&args).instrument(span.clone()).await;
+    let result = match url {
+        Ok(url) => download(&args, &url, terminated).instrument(span.clone()).await,
+        Err(e) => Err(e),
+    };
+    if let Some(listener) = listener {
+        listener.abort();
+    }
     match &result {
         Ok(report) => info!(
             parent: &span,
@@ -182,10 +269,14 @@ pub async fn run(args: DownloadArgs) -> Result<DownloadReport, DownloadError> {
     result
 }
 
-async fn download(args: &DownloadArgs) -> Result<DownloadReport, DownloadError> {
+async fn download(
+    args: &DownloadArgs,
+    url: &str,
+    terminated: watch::Receiver<bool>,
+) -> Result<DownloadReport, DownloadError> {
     validate_model_name(&args.model_name)?;
     let expected_sha = args.sha256.as_deref().map(validate_sha256).transpose()?;
-    let source = Source::parse(&args.url)?;
+    let source = Source::parse(url)?;
     let shown = source.display();
     let file_name = source.file_name()?;
     let kind = ArtifactKind::from_file_name(&file_name);
@@ -207,13 +298,20 @@ async fn download(args: &DownloadArgs) -> Result<DownloadReport, DownloadError> 
     }
 
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let deadline = tokio::time::Instant::now() + timeout;
-    let timed_out = || {
-        DownloadError::Timeout(format!(
+    let stop = Stop {
+        deadline: tokio::time::Instant::now() + timeout,
+        terminated,
+    };
+    let stopped = |why: Stopped| match why {
+        Stopped::Deadline => DownloadError::Timeout(format!(
             "download of {shown} did not finish within {}s",
             timeout.as_secs()
-        ))
+        )),
+        Stopped::Terminated => {
+            DownloadError::Terminated(format!("download of {shown} stopped: the downloader received SIGTERM"))
+        }
     };
+    let limits = args.limits();
 
     tokio::fs::create_dir_all(&args.dest)
         .await
@@ -227,7 +325,7 @@ async fn download(args: &DownloadArgs) -> Result<DownloadReport, DownloadError> 
     // Fetch.
     let observer = ResponseObserver::default();
     let (store, location) = source.open(
-        &Credentials::from_env(),
+        &Credentials::from_env(args.ambient_credentials),
         args.s3_endpoint.as_deref(),
         timeout,
         &observer,
@@ -242,12 +340,20 @@ async fn download(args: &DownloadArgs) -> Result<DownloadReport, DownloadError> 
         error.category = tracing::field::Empty,
     );
     let started = Instant::now();
-    let fetched = tokio::time::timeout_at(
-        deadline,
-        fetch::fetch_with_retries(store.as_ref(), &location, &artifact, args.retries, &observer, &shown)
+    let fetched = stop
+        .run(
+            fetch::fetch_with_retries(
+                store.as_ref(),
+                &location,
+                &artifact,
+                args.retries,
+                &observer,
+                &shown,
+                limits,
+            )
             .instrument(fetch_span.clone()),
-    )
-    .await;
+        )
+        .await;
     fetch_span.record("duration_ms", started.elapsed().as_millis() as u64);
     fetch_span.record("requests", observer.requests());
     let fetched = match fetched {
@@ -258,9 +364,10 @@ async fn download(args: &DownloadArgs) -> Result<DownloadReport, DownloadError> 
             fetch_span.record("error.category", failure.error.category());
             return Err(failure.error);
         }
-        Err(_) => {
-            fetch_span.record("error.category", "Timeout");
-            return Err(timed_out());
+        Err(why) => {
+            let err = stopped(why);
+            fetch_span.record("error.category", err.category());
+            return Err(err);
         }
     };
     fetch_span.record("bytes", fetched.bytes);
@@ -307,15 +414,21 @@ async fn download(args: &DownloadArgs) -> Result<DownloadReport, DownloadError> 
     let mut unpacking = tokio::task::spawn_blocking({
         let cancel = Arc::clone(&cancel);
         let span = unpack_span.clone();
-        move || span.in_scope(|| prepare_version(&artifact, kind, &file_name, &content, &marker, framework, &cancel))
+        move || {
+            span.in_scope(|| {
+                prepare_version(
+                    &artifact, kind, &file_name, &content, &marker, framework, limits, &cancel,
+                )
+            })
+        }
     });
-    let version_root = match tokio::time::timeout_at(deadline, &mut unpacking).await {
+    let version_root = match stop.run(&mut unpacking).await {
         Ok(joined) => joined.map_err(|e| DownloadError::Io(format!("unpack task failed: {e}")))?,
-        Err(_) => {
+        Err(why) => {
             cancel.store(true, Ordering::Relaxed);
             // Let the task stop before the staging directory is removed under it.
             let _ = unpacking.await;
-            Err(timed_out())
+            Err(stopped(why))
         }
     };
     unpack_span.record("duration_ms", started.elapsed().as_millis() as u64);
@@ -349,9 +462,35 @@ async fn download(args: &DownloadArgs) -> Result<DownloadReport, DownloadError> 
     })
 }
 
+/// What ends a download before it finishes.
+struct Stop {
+    deadline: tokio::time::Instant,
+    terminated: watch::Receiver<bool>,
+}
+
+/// Why a download was stopped.
+enum Stopped {
+    Deadline,
+    Terminated,
+}
+
+impl Stop {
+    /// Runs `work` until it finishes, the deadline passes or SIGTERM arrives.
+    async fn run<F: std::future::Future>(&self, work: F) -> Result<F::Output, Stopped> {
+        let mut terminated = self.terminated.clone();
+        tokio::select! {
+            output = work => Ok(output),
+            () = tokio::time::sleep_until(self.deadline) => Err(Stopped::Deadline),
+            // A closed channel (no signal listener) never stops the work.
+            Ok(_) = terminated.wait_for(|t| *t) => Err(Stopped::Terminated),
+        }
+    }
+}
+
 /// Builds the version directory's contents in `content`, checks them against what
 /// `framework`'s server loads, and returns the directory to rename into place (see the module
 /// docs for the flattening rule).
+#[allow(clippy::too_many_arguments)]
 fn prepare_version(
     artifact: &Path,
     kind: ArtifactKind,
@@ -359,6 +498,7 @@ fn prepare_version(
     content: &Path,
     marker: &Marker,
     framework: Framework,
+    limits: Limits,
     cancel: &Arc<AtomicBool>,
 ) -> Result<PathBuf, DownloadError> {
     let io_err = |what: &str, e: std::io::Error| DownloadError::from_io(&format!("{what} {}", content.display()), &e);
@@ -367,7 +507,7 @@ fn prepare_version(
         std::fs::rename(artifact, content.join(file_name)).map_err(|e| io_err("cannot move artifact into", e))?;
         content.to_path_buf()
     } else {
-        archive::unpack(artifact, kind, content, cancel).map_err(|e| {
+        archive::unpack(artifact, kind, content, limits, cancel).map_err(|e| {
             if cancel.load(Ordering::Relaxed) {
                 DownloadError::Timeout("download deadline passed while unpacking".into())
             } else {
@@ -440,6 +580,48 @@ impl Drop for Staging {
     }
 }
 
+/// Entry points for the fuzz targets in `tests/fuzz`: the parsers of hostile input, reached
+/// without a network or a volume. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::{Path, PathBuf};
+
+    use super::{ArtifactKind, DownloadError, Limits, archive, redact, source::Source};
+
+    /// Parses a model URL as the downloader does: the URL as shown and the artifact's file name.
+    pub fn parse_url(raw: &str) -> Result<(String, String), DownloadError> {
+        let source = Source::parse(raw)?;
+        Ok((source.display(), source.file_name()?))
+    }
+
+    /// Redacts every URL inside a free-form message, as done for lower layers' errors.
+    pub fn scrub_message(message: &str) -> String {
+        redact::scrub_message(message)
+    }
+
+    /// Whether a URL as shown still carries a credential: userinfo, a query parameter named
+    /// like one, or (when it does not parse) any query or fragment.
+    pub fn leaks_credentials(shown: &str) -> bool {
+        match url::Url::parse(shown) {
+            Ok(url) => {
+                !url.username().is_empty()
+                    || url.password().is_some()
+                    || url.query_pairs().any(|(name, _)| redact::is_credential_param(&name))
+            }
+            Err(_) => shown.contains(['?', '#']),
+        }
+    }
+
+    /// Unpacks `data` as an archive of `kind` into the empty directory `into` within `limits`,
+    /// then checks the result as before publishing it; returns the version directory.
+    pub fn unpack(data: &[u8], kind: ArtifactKind, into: &Path, limits: Limits) -> Result<PathBuf, DownloadError> {
+        archive::unpack_from(std::io::Cursor::new(data), kind, into, limits)?;
+        let root = archive::content_root(into)?;
+        archive::check_symlinks(&root)?;
+        Ok(root)
+    }
+}
+
 /// A DNS-1123 label: it becomes a directory name, so anything else (`..`, `/`) is refused.
 fn validate_model_name(name: &str) -> Result<(), DownloadError> {
     let valid = !name.is_empty()
@@ -508,6 +690,56 @@ mod tests {
         assert_eq!(args.retries, 3);
         assert_eq!(args.termination_log, PathBuf::from("/dev/termination-log"));
         assert!(args.sha256.is_none());
+        assert_eq!(args.max_unpacked_bytes, None);
+        assert_eq!(args.max_entries, DEFAULT_MAX_ENTRIES);
+        assert!(!args.ambient_credentials);
+        assert_eq!(args.model_url().unwrap(), "https://h/m.tar.gz");
+    }
+
+    fn parse(extra: &[&str]) -> Result<DownloadArgs, clap::Error> {
+        let base = [
+            "mlmodel-operator",
+            "download",
+            "--dest=/models",
+            "--model-name=m",
+            "--version=1",
+        ];
+        let cli = Cli::try_parse_from(base.iter().chain(extra))?;
+        let Command::Download(args) = cli.command;
+        Ok(args)
+    }
+
+    #[test]
+    fn exactly_one_of_url_and_url_env() {
+        assert!(parse(&[]).is_err(), "a source is required");
+        assert!(parse(&["--url=https://h/m.bin", "--url-env=MODEL_URL_SECRET"]).is_err());
+        let args = parse(&["--url-env=PATH"]).unwrap();
+        assert_eq!(args.url_env.as_deref(), Some("PATH"));
+        assert!(args.url.is_none());
+        let args = parse(&["--url-env=MLMODEL_TEST_SURELY_UNSET_VARIABLE"]).unwrap();
+        let err = args.model_url().unwrap_err();
+        assert_eq!(err.category(), "InvalidArgument");
+        assert!(err.to_string().contains("MLMODEL_TEST_SURELY_UNSET_VARIABLE"), "{err}");
+    }
+
+    #[test]
+    fn limit_and_credential_flags() {
+        let args = parse(&[
+            "--url=s3://b/m.tar",
+            "--max-unpacked-bytes=1073741824",
+            "--max-entries=10",
+            "--ambient-credentials",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.limits(),
+            Limits {
+                max_bytes: Some(1 << 30),
+                max_entries: 10
+            }
+        );
+        assert!(args.ambient_credentials);
+        assert!(parse(&["--url=s3://b/m.tar", "--max-unpacked-bytes=-1"]).is_err());
     }
 
     #[test]

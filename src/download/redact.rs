@@ -55,7 +55,8 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
-fn is_credential_param(name: &str) -> bool {
+/// Whether a query parameter's name marks it as a credential.
+pub(crate) fn is_credential_param(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     CREDENTIAL_PARAMS.contains(&name.as_str()) || CREDENTIAL_FRAGMENTS.iter().any(|f| name.contains(f))
 }
@@ -81,9 +82,13 @@ pub(crate) fn scrub_message(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(pos) = rest.find("://") {
+        // The scheme starts after the last character that cannot be in one (which may be
+        // wider than a byte).
         let start = rest[..pos]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = rest[pos..]
             .find(|c: char| c.is_whitespace() || matches!(c, ')' | '(' | '"' | '\'' | '<' | '>' | '`'))
             .map_or(rest.len(), |i| pos + i);
@@ -126,6 +131,19 @@ mod tests {
     }
 
     #[test]
+    fn removes_session_tokens_and_other_signed_queries() {
+        for url in [
+            "https://b.s3.amazonaws.com/m.tgz?X-Amz-Security-Token=FwoG&X-Amz-Date=1",
+            "https://d.cloudfront.net/m.tgz?Expires=1&Signature=abc&Key-Pair-Id=K1",
+            "https://acct.blob.core.windows.net/c/m.tgz?sv=2024&se=2026&sp=r&sig=abc",
+            "https://h/m.tgz?api_key=abc",
+            "https://h/m.tgz?X-Auth-Token=abc",
+        ] {
+            assert!(!redact_url(url).contains('?'), "{url}");
+        }
+    }
+
+    #[test]
     fn keeps_harmless_query_and_drops_fragment() {
         assert_eq!(
             redact_url("https://h/m.bin?versionId=3#access_token=x"),
@@ -153,5 +171,8 @@ mod tests {
             "error sending request for url (https://h/m): connection refused"
         );
         assert_eq!(scrub_message("no url here"), "no url here");
+        // Found by the `url` fuzz target: a multi-byte character right before the scheme.
+        assert_eq!(scrub_message("\u{3d7}ttp://u:oken=2"), "\u{3d7}ttp://u:oken=2");
+        assert_eq!(scrub_message("é http://u:p@h/x"), "é http://h/x");
     }
 }

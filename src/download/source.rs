@@ -11,10 +11,10 @@ use object_store::aws::AmazonS3Builder;
 use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
 };
-use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
 use object_store::http::HttpBuilder;
 use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, HeaderMap, HeaderValue, ObjectStore, RetryConfig};
+use object_store::{ClientOptions, HeaderMap, HeaderValue, ObjectStore, RetryConfig, StaticCredentialProvider};
 use url::Url;
 
 use super::error::DownloadError;
@@ -185,14 +185,12 @@ impl Source {
                 Ok((Arc::new(store), ObjectPath::default()))
             }
             Self::S3 { bucket, key } => {
-                let mut builder = AmazonS3Builder::from_env()
+                let mut builder = credentials
+                    .s3_builder()
                     .with_bucket_name(bucket)
                     .with_client_options(options)
                     .with_retry(no_retries)
                     .with_http_connector(connector);
-                if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
-                    builder = builder.with_region("us-east-1");
-                }
                 if let Some(endpoint) = s3_endpoint.filter(|e| !e.is_empty()) {
                     builder = builder
                         .with_endpoint(endpoint)
@@ -205,7 +203,8 @@ impl Source {
                 Ok((Arc::new(store), path))
             }
             Self::Gcs { bucket, key } => {
-                let store = GoogleCloudStorageBuilder::from_env()
+                let store = credentials
+                    .gcs_builder()
                     .with_bucket_name(bucket)
                     .with_client_options(options)
                     .with_retry(no_retries)
@@ -226,32 +225,135 @@ impl Source {
     }
 }
 
-/// HTTP(S) credentials from the environment. S3 and GCS credentials are read by their
-/// `object_store` builders (`from_env`).
+/// How an `s3://` or `gs://` client authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialMode {
+    /// With the keys given in the environment (which the Job fills from the model's Secret).
+    Explicit,
+    /// Without credentials: requests are not signed, so only public objects can be read.
+    Anonymous,
+    /// With whatever the client library finds: web identity, container or instance
+    /// metadata credentials, profiles, application default credentials. Only with
+    /// `--ambient-credentials`, as these are the node's rights, not the model owner's.
+    Ambient,
+}
+
+/// Credentials from the environment: only the variables named here are read, whatever else
+/// the environment holds, unless ambient credentials are allowed.
 #[derive(Clone, Default)]
 pub(crate) struct Credentials {
     /// `HTTP_BEARER_TOKEN`.
     pub(crate) bearer_token: Option<String>,
     /// `HTTP_USERNAME` and `HTTP_PASSWORD`.
     pub(crate) basic: Option<(String, String)>,
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    aws_keys: Option<(String, String)>,
+    /// `AWS_SESSION_TOKEN`.
+    aws_session_token: Option<String>,
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+    aws_region: Option<String>,
+    /// `GOOGLE_SERVICE_ACCOUNT_KEY`: the JSON key itself.
+    gcs_key: Option<String>,
+    /// `GOOGLE_APPLICATION_CREDENTIALS`: a path to a credentials file.
+    gcs_credentials_path: Option<String>,
+    /// Whether the client libraries' own credential chains may be used (`--ambient-credentials`).
+    ambient: bool,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |present: bool| if present { "<redacted>" } else { "<none>" };
         f.debug_struct("Credentials")
-            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
-            .field("basic", &self.basic.as_ref().map(|_| "<redacted>"))
+            .field("bearer_token", &shown(self.bearer_token.is_some()))
+            .field("basic", &shown(self.basic.is_some()))
+            .field("aws_keys", &shown(self.aws_keys.is_some()))
+            .field("aws_session_token", &shown(self.aws_session_token.is_some()))
+            .field("aws_region", &self.aws_region)
+            .field("gcs_key", &shown(self.gcs_key.is_some()))
+            .field("gcs_credentials_path", &self.gcs_credentials_path)
+            .field("ambient", &self.ambient)
             .finish()
     }
 }
 
 impl Credentials {
-    /// Reads `HTTP_BEARER_TOKEN`, `HTTP_USERNAME` and `HTTP_PASSWORD`.
-    pub(crate) fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    /// Reads the credential variables from the process environment.
+    pub(crate) fn from_env(ambient: bool) -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok(), ambient)
+    }
+
+    /// Reads the credential variables through `env` (empty values count as absent).
+    pub(crate) fn from_lookup(env: impl Fn(&str) -> Option<String>, ambient: bool) -> Self {
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
         Self {
             bearer_token: var("HTTP_BEARER_TOKEN"),
             basic: var("HTTP_USERNAME").map(|user| (user, var("HTTP_PASSWORD").unwrap_or_default())),
+            aws_keys: var("AWS_ACCESS_KEY_ID").zip(var("AWS_SECRET_ACCESS_KEY")),
+            aws_session_token: var("AWS_SESSION_TOKEN"),
+            aws_region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            gcs_key: var("GOOGLE_SERVICE_ACCOUNT_KEY"),
+            gcs_credentials_path: var("GOOGLE_APPLICATION_CREDENTIALS"),
+            ambient,
+        }
+    }
+
+    /// How an `s3://` client authenticates.
+    pub(crate) fn s3_mode(&self) -> CredentialMode {
+        self.mode(self.aws_keys.is_some())
+    }
+
+    /// How a `gs://` client authenticates.
+    pub(crate) fn gcs_mode(&self) -> CredentialMode {
+        self.mode(self.gcs_key.is_some() || self.gcs_credentials_path.is_some())
+    }
+
+    fn mode(&self, explicit: bool) -> CredentialMode {
+        if explicit {
+            CredentialMode::Explicit
+        } else if self.ambient {
+            CredentialMode::Ambient
+        } else {
+            CredentialMode::Anonymous
+        }
+    }
+
+    /// An S3 client builder configured with exactly these credentials.
+    pub(crate) fn s3_builder(&self) -> AmazonS3Builder {
+        let builder = match (self.s3_mode(), &self.aws_keys) {
+            (CredentialMode::Explicit, Some((id, secret))) => {
+                let builder = AmazonS3Builder::new()
+                    .with_access_key_id(id)
+                    .with_secret_access_key(secret);
+                match &self.aws_session_token {
+                    Some(token) => builder.with_token(token),
+                    None => builder,
+                }
+            }
+            (CredentialMode::Ambient, _) => AmazonS3Builder::from_env(),
+            _ => AmazonS3Builder::new().with_skip_signature(true),
+        };
+        builder.with_region(self.aws_region.as_deref().unwrap_or("us-east-1"))
+    }
+
+    /// A GCS client builder configured with exactly these credentials.
+    pub(crate) fn gcs_builder(&self) -> GoogleCloudStorageBuilder {
+        match self.gcs_mode() {
+            CredentialMode::Explicit => {
+                let builder = GoogleCloudStorageBuilder::new();
+                match (&self.gcs_key, &self.gcs_credentials_path) {
+                    (Some(key), _) => builder.with_service_account_key(key),
+                    (None, Some(path)) => builder.with_application_credentials(path),
+                    (None, None) => builder,
+                }
+            }
+            CredentialMode::Ambient => GoogleCloudStorageBuilder::from_env(),
+            // A fixed empty credential keeps the builder from looking for application
+            // default credentials on its own; unsigned requests never use it.
+            CredentialMode::Anonymous => GoogleCloudStorageBuilder::new()
+                .with_skip_signature(true)
+                .with_credentials(Arc::new(StaticCredentialProvider::new(GcpCredential {
+                    bearer: String::new(),
+                }))),
         }
     }
 
@@ -537,8 +639,8 @@ mod tests {
     #[test]
     fn basic_auth_header() {
         let creds = Credentials {
-            bearer_token: None,
             basic: Some(("Aladdin".into(), "open sesame".into())),
+            ..Credentials::default()
         };
         let headers = creds.http_headers(None).unwrap();
         assert_eq!(
@@ -547,11 +649,96 @@ mod tests {
         );
         let bearer = Credentials {
             bearer_token: Some("tok".into()),
-            basic: None,
+            ..Credentials::default()
         };
         let headers = bearer.http_headers(Some(&("u".into(), "p".into()))).unwrap();
         assert_eq!(headers.get("authorization").unwrap(), "Bearer tok");
         assert!(!format!("{bearer:?}").contains("tok\""));
+    }
+
+    fn credentials(vars: &[(&str, &str)], ambient: bool) -> Credentials {
+        let env: std::collections::HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Credentials::from_lookup(|name| env.get(name).cloned(), ambient)
+    }
+
+    #[test]
+    fn credential_mode_follows_the_secret_and_the_ambient_flag() {
+        use CredentialMode::{Ambient, Anonymous, Explicit};
+        let aws = [("AWS_ACCESS_KEY_ID", "AKID"), ("AWS_SECRET_ACCESS_KEY", "s")];
+        let node = [
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/token"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/node"),
+            ("AWS_PROFILE", "default"),
+            ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials"),
+        ];
+        let gcs = [("GOOGLE_SERVICE_ACCOUNT_KEY", "{}")];
+        let adc = [("GOOGLE_APPLICATION_CREDENTIALS", "/etc/gcs/key.json")];
+        for (vars, ambient, s3, gs) in [
+            (&[][..], false, Anonymous, Anonymous),
+            (&node[..], false, Anonymous, Anonymous),
+            (&[("AWS_ACCESS_KEY_ID", "AKID")][..], false, Anonymous, Anonymous),
+            (
+                &[("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")][..],
+                false,
+                Anonymous,
+                Anonymous,
+            ),
+            (&aws[..], false, Explicit, Anonymous),
+            (&gcs[..], false, Anonymous, Explicit),
+            (&adc[..], false, Anonymous, Explicit),
+            (&[][..], true, Ambient, Ambient),
+            (&node[..], true, Ambient, Ambient),
+            (&aws[..], true, Explicit, Ambient),
+        ] {
+            let creds = credentials(vars, ambient);
+            assert_eq!(creds.s3_mode(), s3, "{vars:?} ambient={ambient}");
+            assert_eq!(creds.gcs_mode(), gs, "{vars:?} ambient={ambient}");
+        }
+    }
+
+    #[test]
+    fn s3_builder_signs_only_with_the_given_keys() {
+        use object_store::aws::AmazonS3ConfigKey as Key;
+        let anonymous = credentials(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")], false).s3_builder();
+        assert_eq!(anonymous.get_config_value(&Key::SkipSignature).as_deref(), Some("true"));
+        assert_eq!(anonymous.get_config_value(&Key::AccessKeyId), None);
+        assert_eq!(anonymous.get_config_value(&Key::Region).as_deref(), Some("us-east-1"));
+
+        let explicit = credentials(
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKID"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+                ("AWS_SESSION_TOKEN", "t"),
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ],
+            false,
+        )
+        .s3_builder();
+        assert_eq!(explicit.get_config_value(&Key::SkipSignature).as_deref(), Some("false"));
+        assert_eq!(explicit.get_config_value(&Key::AccessKeyId).as_deref(), Some("AKID"));
+        assert_eq!(explicit.get_config_value(&Key::Token).as_deref(), Some("t"));
+        assert_eq!(explicit.get_config_value(&Key::Region).as_deref(), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn gcs_builder_without_a_key_is_unsigned() {
+        use object_store::gcp::GoogleConfigKey as Key;
+        let anonymous = credentials(&[], false).gcs_builder();
+        assert_eq!(anonymous.get_config_value(&Key::SkipSignature).as_deref(), Some("true"));
+        let keyed = credentials(&[("GOOGLE_SERVICE_ACCOUNT_KEY", "{}")], false).gcs_builder();
+        assert_eq!(keyed.get_config_value(&Key::SkipSignature).as_deref(), Some("false"));
+        assert_eq!(keyed.get_config_value(&Key::ServiceAccountKey).as_deref(), Some("{}"));
+    }
+
+    #[test]
+    fn credentials_debug_hides_secrets() {
+        let creds = credentials(
+            &[("AWS_ACCESS_KEY_ID", "AKID"), ("AWS_SECRET_ACCESS_KEY", "hunter2")],
+            false,
+        );
+        let shown = format!("{creds:?}");
+        assert!(!shown.contains("AKID") && !shown.contains("hunter2"), "{shown}");
     }
 
     #[test]
