@@ -22,3 +22,15 @@ pub mod operator;
 pub mod resources;
 pub mod telemetry;
 pub mod traceview;
+
+use std::time::Duration;
+
+/// Capped exponential backoff with jitter, for every retry in the crate (the model actors'
+/// API calls, the downloader's fetches): attempt 0 waits between `base / 2` and `base`, each
+/// further attempt twice as long, up to `max`; the jitter keeps many retries from moving in
+/// step.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX));
+    let capped = exp.min(max);
+    capped.mul_f64(rand::random_range(0.5..=1.0))
+}

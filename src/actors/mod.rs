@@ -102,13 +102,7 @@ impl Context {
 /// Shared context handle.
 pub type SharedContext = Arc<Context>;
 
-/// Capped exponential backoff with full jitter: attempt 0 waits up to `base`.
-pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX));
-    let capped = exp.min(max);
-    let jitter = rand::random_range(0.5..=1.0);
-    capped.mul_f64(jitter)
-}
+pub use crate::backoff;
 
 #[cfg(test)]
 mod tests {

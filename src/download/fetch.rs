@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tracing::{info, warn};
@@ -96,10 +95,7 @@ pub(crate) async fn fetch_with_retries(
 /// The delay before retry number `attempt` (1-based): `base * 2^(attempt-1)`, capped,
 /// then jittered into `[d/2, d)` so that many Jobs failing together do not retry in step.
 fn backoff(attempt: u32) -> Duration {
-    let exponential = BACKOFF_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let capped = exponential.min(BACKOFF_CAP);
-    let half = capped / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+    crate::backoff(attempt.saturating_sub(1), BACKOFF_BASE, BACKOFF_CAP)
 }
 
 async fn fetch_once(
