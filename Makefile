@@ -56,7 +56,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features fault-injection -- -D warnings
 
-# Fuzz targets (tests/fuzz, a crate of its own; needs `cargo install cargo-fuzz`). cargo-fuzz
+# Fuzz targets (tests/fuzz, a crate of its own; cargo-fuzz is installed when missing). cargo-fuzz
 # builds with -Zsanitizer=address, which RUSTC_BOOTSTRAP=1 allows on a stable toolchain. Each
 # target runs until FUZZ_SECONDS pass or FUZZ_RUNS inputs were tried; new inputs go to
 # tests/fuzz/target/corpus/<target> (the committed seeds in tests/fuzz/corpus/<target> are
@@ -68,6 +68,7 @@ FUZZ_RUNS    ?= 1000000
 FUZZ_CARGO   := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
 
 fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	$(FUZZ_CARGO) build --fuzz-dir tests/fuzz --codegen-units 16
 	set -e; for target in $(FUZZ_TARGETS); do \
 		mkdir -p tests/fuzz/target/corpus/$$target; \
