@@ -403,7 +403,7 @@ on_up_exit() {
 stop_cluster() {
   local st="$1"
   if [[ -f "$st/real-node" ]]; then
-    stop_components "$st" jaeger model-store local-path-provisioner kwok kube-scheduler kube-controller-manager
+    stop_components "$st" jaeger s3-store model-store local-path-provisioner kwok kube-scheduler kube-controller-manager
     node_drain "$st"
     stop_components "$st" kube-proxy kubelet
     node_stop_containers
