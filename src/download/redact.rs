@@ -64,11 +64,22 @@ pub(crate) fn is_credential_param(name: &str) -> bool {
 fn redact_unparsable(raw: &str) -> String {
     let cut = raw.find(['?', '#']).unwrap_or(raw.len());
     let head = &raw[..cut];
-    let (scheme, rest) = match head.find("://") {
-        Some(i) => (&head[..i + 3], &head[i + 3..]),
-        None => ("", head),
+    // A scheme is what comes before the first `:`, if it looks like one; any number of
+    // slashes may follow it (`http:/user@host` is parsed leniently by URL libraries too).
+    let (scheme, rest) = match head.find(':') {
+        Some(i)
+            if i > 0
+                && head[..i]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+        {
+            let after = &head[i + 1..];
+            let slashes = after.len() - after.trim_start_matches(['/', '\\']).len();
+            (&head[..i + 1 + slashes], &after[slashes..])
+        }
+        _ => ("", head),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority_end = rest.find(['/', '\\']).unwrap_or(rest.len());
     let rest = match rest[..authority_end].rfind('@') {
         Some(at) => &rest[at + 1..],
         None => rest,
@@ -110,6 +121,14 @@ mod tests {
             redact_url("https://alice:s3cret@example.com/models/m.tar.gz"),
             "https://example.com/models/m.tar.gz"
         );
+    }
+
+    /// Found by the `url` fuzz target: a string no URL parser takes, with one slash after the
+    /// scheme, still loses what looks like userinfo.
+    #[test]
+    fn removes_userinfo_from_an_unparsable_url_with_one_slash() {
+        let shown = redact_url("http:/alice:s3cret@h:40400\0?x=1");
+        assert_eq!(shown, "http:/h:40400\0");
     }
 
     #[test]

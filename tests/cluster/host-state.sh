@@ -19,4 +19,4 @@ echo "## sysctls"
 sysctl vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops \
   net.ipv4.ip_forward net.ipv4.conf.all.route_localnet net.bridge.bridge-nf-call-iptables 2>/dev/null
 echo "## processes"
-ps -eo comm= | grep -E 'containerd|kubelet|kube-|etcd|kwok|runc|pause|local-path|http.server|mlserver' | sort | uniq -c
+ps -eo comm= | grep -E 'containerd|kubelet|kube-|etcd|kwok|runc|pause|local-path|http.server|mlserver|s3s-fs|jaeger' | sort | uniq -c
