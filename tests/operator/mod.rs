@@ -22,8 +22,10 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Installs the CRD and the operator's RBAC (once per test binary) and returns a kubeconfig
-/// that authenticates as the operator's ServiceAccount.
+/// Installs the CRD, the operator's RBAC and the managed-only admission policy of
+/// `deploy/policy` (once per test binary) and returns a kubeconfig that authenticates as the
+/// operator's ServiceAccount: every operator the tests start runs with the rights a
+/// cluster-wide install gives it, and under the policy.
 pub fn install() -> &'static Path {
     INSTALLED.get_or_init(|| {
         let cluster = support::cluster();
@@ -31,9 +33,44 @@ pub fn install() -> &'static Path {
         for path in ["crd/mlmodels.yaml", "rbac/namespace.yaml", "rbac/rbac.yaml"] {
             cluster.kubectl_ok(&["apply", "--server-side", "-f", &deploy.join(path).to_string_lossy()]);
         }
+        cluster.kubectl_ok(&["apply", "-k", &deploy.join("policy").to_string_lossy()]);
         wait_for_crd();
-        service_account_kubeconfig()
+        let kubeconfig = service_account_kubeconfig();
+        wait_for_policy(&kubeconfig);
+        kubeconfig
     })
+}
+
+/// Waits until the API server enforces the managed-only policy (policies load
+/// asynchronously): a dry-run create of an unlabelled Service as the operator is denied.
+fn wait_for_policy(kubeconfig: &Path) {
+    let cluster = support::cluster();
+    let kubectl = cluster.bin_dir.join("kubectl");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(&kubectl)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args([
+                "-n",
+                OPERATOR_NAMESPACE,
+                "create",
+                "service",
+                "clusterip",
+                "policy-probe",
+            ])
+            .args(["--tcp=80:80", "--dry-run=server", "-o", "name"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("mlmodel-operator-managed-only") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the managed-only policy is not enforced after 60s: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Waits until the MLModel CRD is served.
