@@ -51,7 +51,16 @@ pub fn redact_url(raw: &str) -> String {
             }
             url.to_string()
         }
-        Err(_) => redact_unparsable(raw),
+        // What is left may parse as a URL once cut (a parser strips leading control
+        // characters, say): then it is redacted as one.
+        Err(_) => {
+            let shown = redact_unparsable(raw);
+            if Url::parse(&shown).is_ok() {
+                redact_url(&shown)
+            } else {
+                shown
+            }
+        }
     }
 }
 
@@ -129,6 +138,9 @@ mod tests {
     fn removes_userinfo_from_an_unparsable_url_with_one_slash() {
         let shown = redact_url("http:/alice:s3cret@h:40400\0?x=1");
         assert_eq!(shown, "http:/h:40400\0");
+        // What remains after the cut parses as a URL with userinfo: it is redacted as a URL.
+        let shown = redact_url("@\0tp://alice,s@host=3#x");
+        assert!(!shown.contains("alice"), "{shown:?}");
     }
 
     #[test]
