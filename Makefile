@@ -3,6 +3,8 @@
 CARGO       ?= cargo
 CLUSTER_DIR ?= target/cluster
 CRD         := deploy/crd/mlmodels.yaml
+# The Helm chart ships the same file in its crds/ (never templated).
+CHART_CRD   := deploy/helm/mlmodel-operator/crds/mlmodels.yaml
 
 .PHONY: help demo test bench build images crd cluster-up cluster-down fmt lint
 
@@ -13,7 +15,7 @@ help:
 	@echo "                   download throughput on the real node against curl (benches/throughput.rs; root)"
 	@echo "make build         cargo build --release --locked --bin mlmodel-operator"
 	@echo "make images        build the real node's images with podman (tests/cluster/images.sh; root)"
-	@echo "make crd           regenerate $(CRD) from the code"
+	@echo "make crd           regenerate $(CRD) and the chart's copy from the code"
 	@echo "make cluster-up    start a local control plane in $(CLUSTER_DIR) (CLUSTER_DIR=..., REAL_NODE=1 adds a real node)"
 	@echo "make cluster-down  stop it"
 	@echo "make fmt           cargo fmt"
@@ -39,6 +41,7 @@ images:
 # Written to a temporary file first so a failed run leaves the committed CRD untouched.
 crd:
 	$(CARGO) run --quiet --locked -- crd > $(CRD).tmp || { rm -f $(CRD).tmp; exit 1; }
+	cp $(CRD).tmp $(CHART_CRD)
 	mv $(CRD).tmp $(CRD)
 
 cluster-up:

@@ -4,7 +4,9 @@
 //! `kubectl explain mlmodel.spec` prints. The CRD YAML in `deploy/crd/` is generated from
 //! these types by `mlmodel-operator crd`; never edit it by hand.
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::CustomResourceExt;
 use kube::{CustomResource, KubeSchema};
@@ -114,6 +116,60 @@ pub struct MLModelSpec {
     /// Volume settings beyond `storageSize`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StoragePolicy>,
+
+    /// Where and as whom the model's pods run, and their metadata: node selection, taints
+    /// tolerated, affinity, priority, image pull Secrets, ServiceAccount, labels and
+    /// annotations. Scheduling (`nodeSelector`, `tolerations`, `affinity`,
+    /// `priorityClassName`) applies to the download Job's pod too: it writes the volume the
+    /// serving pods read, and with `ReadWriteOnce` runs on their node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSettings>,
+}
+
+/// Settings of the model's pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// Labels a node must have for the model's pods (serving and download) to run on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Taints the model's pods (serving and download) tolerate, e.g. the
+    /// `nvidia.com/gpu:NoSchedule` taint of GPU nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// Node and pod affinity of the model's pods (serving and download). With a
+    /// `ReadWriteOnce` volume the operator adds a required pod affinity that keeps them on
+    /// the node of the model's running pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// PriorityClass of the model's pods (serving and download).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+
+    /// Secrets in the model's namespace for pulling the model server's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+
+    /// ServiceAccount of the serving pods (its token is not mounted). The download Job runs
+    /// as the namespace's default ServiceAccount, without a token either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub service_account_name: Option<String>,
+
+    /// Labels added to the serving pods. The operator's own labels (`app.kubernetes.io/*`,
+    /// `mlmodel.oda.tmforum.org/*`) take precedence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+
+    /// Annotations added to the serving pods (e.g. a service mesh's or a scraper's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// Serving runtimes the operator knows how to run.
@@ -242,6 +298,12 @@ pub struct DownloadPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10))]
     pub retries: Option<i32>,
+
+    /// Compute resources of the download pod; the operator's defaults (its
+    /// `--downloader-requests` and `--downloader-limits`) when unset. Namespaces whose quota
+    /// asks every pod for requests or limits need them set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 /// Settings of the model's PersistentVolumeClaim.

@@ -6,13 +6,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use mlmodel_operator::actors::SupervisionSettings;
 use mlmodel_operator::api::MLModel;
 use mlmodel_operator::download::{self, DownloadArgs};
 use mlmodel_operator::leader::LeaseSettings;
 use mlmodel_operator::lifecycle::Settings;
 use mlmodel_operator::operator::{self, RunSettings, WatchScope};
-use mlmodel_operator::resources::BuildSettings;
+use mlmodel_operator::resources::{self, BuildSettings};
 use mlmodel_operator::telemetry::{self, LogFormat};
 use mlmodel_operator::traceview::{self, TraceArgs};
 
@@ -47,13 +48,23 @@ struct RunArgs {
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
 
-    /// Image of the download Job; the operator's own image.
-    #[arg(long, env = "DOWNLOADER_IMAGE", default_value = concat!("mlmodel-operator:", env!("CARGO_PKG_VERSION")))]
-    downloader_image: String,
+    /// Image of the download Job. Unset, it is the operator's own: the image of this pod's
+    /// container when running in a cluster (read from its Pod, POD_NAME in POD_NAMESPACE),
+    /// else `mlmodel-operator:<version>`.
+    #[arg(long, env = "DOWNLOADER_IMAGE")]
+    downloader_image: Option<String>,
 
     /// Pull policy of the download Job's image.
     #[arg(long, env = "DOWNLOADER_PULL_POLICY", default_value = "IfNotPresent")]
     downloader_pull_policy: String,
+
+    /// Resource requests of a download pod whose model sets none, as name=quantity pairs.
+    #[arg(long, env = "DOWNLOADER_REQUESTS", default_value = resources::DEFAULT_DOWNLOADER_REQUESTS)]
+    downloader_requests: String,
+
+    /// Resource limits of a download pod whose model sets none, as name=quantity pairs.
+    #[arg(long, env = "DOWNLOADER_LIMITS", default_value = resources::DEFAULT_DOWNLOADER_LIMITS)]
+    downloader_limits: String,
 
     /// OTLP endpoint the download Jobs export their spans to, where it differs from the
     /// operator's own `OTEL_EXPORTER_OTLP_ENDPOINT` (the default).
@@ -151,13 +162,28 @@ struct RunArgs {
 
 impl RunArgs {
     fn into_settings(self) -> Result<RunSettings, String> {
+        // In a pod, the download Jobs run the image this container runs, unless told otherwise.
+        let image_from_pod = match (&self.downloader_image, &self.identity) {
+            (None, Some(pod)) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                Some((self.lease_namespace.clone(), pod.clone()))
+            }
+            _ => None,
+        };
         let identity = self
             .identity
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| format!("mlmodel-operator-{}", std::process::id()));
         if self.leader_elect && self.lease_renew_deadline_seconds >= self.lease_duration_seconds {
-            return Err("--lease-renew-deadline-seconds must be less than --lease-duration-seconds".into());
+            return Err(format!(
+                "--lease-renew-deadline-seconds (LEASE_RENEW_DEADLINE_SECONDS) is {} and must be less than \
+                 --lease-duration-seconds (LEASE_DURATION_SECONDS), {}",
+                self.lease_renew_deadline_seconds, self.lease_duration_seconds
+            ));
         }
+        let requests = resources::resource_list(&self.downloader_requests)
+            .map_err(|e| format!("--downloader-requests (DOWNLOADER_REQUESTS): {e}"))?;
+        let limits = resources::resource_list(&self.downloader_limits)
+            .map_err(|e| format!("--downloader-limits (DOWNLOADER_LIMITS): {e}"))?;
         let lease = self.leader_elect.then(|| LeaseSettings {
             name: self.lease_name,
             namespace: self.lease_namespace,
@@ -169,7 +195,9 @@ impl RunArgs {
         Ok(RunSettings {
             lifecycle: Settings {
                 build: BuildSettings {
-                    downloader_image: self.downloader_image,
+                    downloader_image: self
+                        .downloader_image
+                        .unwrap_or_else(|| BuildSettings::default().downloader_image),
                     cluster_domain: self.cluster_domain,
                     downloader_pull_policy: self.downloader_pull_policy,
                     downloader_telemetry_env: downloader_telemetry_env(
@@ -178,6 +206,11 @@ impl RunArgs {
                         self.downloader_otlp_protocol.as_deref(),
                     ),
                     allow_ambient_credentials: self.allow_ambient_credentials,
+                    downloader_resources: ResourceRequirements {
+                        requests: (!requests.is_empty()).then_some(requests),
+                        limits: (!limits.is_empty()).then_some(limits),
+                        ..Default::default()
+                    },
                 },
                 unschedulable_grace: Duration::from_secs(self.unschedulable_grace_seconds),
                 image_pull_grace: Duration::from_secs(self.image_pull_grace_seconds),
@@ -193,6 +226,7 @@ impl RunArgs {
                 ..Default::default()
             },
             lease,
+            downloader_image_from_pod: image_from_pod,
             metrics_addr: self.metrics_addr,
             identity,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
@@ -349,6 +383,45 @@ mod tests {
             WatchScope::Namespaces(vec!["team-a".to_owned(), "team-b".to_owned()])
         );
         assert!(set.lifecycle.build.allow_ambient_credentials);
+    }
+
+    fn refused(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(["mlmodel-operator", "run"].iter().chain(args)).expect("parsable flags");
+        match cli.command {
+            Command::Run(run) => run.into_settings().expect_err("refused settings"),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_in_one_line_naming_them() {
+        let lease = refused(&[
+            "--leader-elect=true",
+            "--lease-duration-seconds=15",
+            "--lease-renew-deadline-seconds=20",
+        ]);
+        assert_eq!(
+            lease,
+            "--lease-renew-deadline-seconds (LEASE_RENEW_DEADLINE_SECONDS) is 20 and must be less than \
+             --lease-duration-seconds (LEASE_DURATION_SECONDS), 15"
+        );
+        let limits = refused(&["--downloader-limits=cpu=1,memory=lots"]);
+        assert!(
+            limits.starts_with("--downloader-limits (DOWNLOADER_LIMITS): "),
+            "{limits}"
+        );
+        assert!(limits.contains("memory=lots") && !limits.contains('\n'), "{limits}");
+    }
+
+    #[test]
+    fn download_pods_resources_come_from_their_flags() {
+        let settings = run_settings(&["--downloader-requests=cpu=1", "--downloader-limits="]);
+        let resources = settings.lifecycle.build.downloader_resources;
+        assert_eq!(
+            resources.requests.and_then(|r| r.get("cpu").map(|q| q.0.clone())),
+            Some("1".to_owned())
+        );
+        assert_eq!(resources.limits, None);
     }
 
     fn operator(k: &str) -> Option<String> {

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client};
 use ractor::Actor;
 use tokio::sync::watch;
 
@@ -27,6 +28,9 @@ pub struct RunSettings {
     pub supervision: SupervisionSettings,
     /// Lease settings; `None` runs without leader election (a single replica).
     pub lease: Option<LeaseSettings>,
+    /// (namespace, name) of this replica's Pod, whose container image becomes the download
+    /// Jobs' image; `None` keeps `lifecycle.build.downloader_image`.
+    pub downloader_image_from_pod: Option<(String, String)>,
     /// Address of /metrics, /healthz and /readyz.
     pub metrics_addr: SocketAddr,
     /// This replica's identity (pod name), recorded on Events.
@@ -100,6 +104,21 @@ pub enum RunError {
 }
 
 /// Runs the operator until SIGTERM or Ctrl-C.
+/// The image of `pod`'s operator container (the one named `manager`, else its first).
+async fn own_image(client: &Client, namespace: &str, pod: &str) -> Result<String, String> {
+    let pod = Api::<Pod>::namespaced(client.clone(), namespace)
+        .get(pod)
+        .await
+        .map_err(|e| e.to_string())?;
+    let containers = pod.spec.map(|s| s.containers).unwrap_or_default();
+    containers
+        .iter()
+        .find(|c| c.name == "manager")
+        .or(containers.first())
+        .and_then(|c| c.image.clone())
+        .ok_or_else(|| "the Pod has no container image".to_owned())
+}
+
 pub async fn run(settings: RunSettings) -> Result<(), RunError> {
     let client = Client::try_default().await?;
     let metrics = Metrics::new();
@@ -131,9 +150,21 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
     let elector_task = elector.map(|e| tokio::spawn(e.run(leading_tx, stop_rx.clone())));
     metrics.set_leader(settings.lease.is_none());
 
+    let mut lifecycle = settings.lifecycle.clone();
+    if let Some((namespace, pod)) = &settings.downloader_image_from_pod {
+        match own_image(&client, namespace, pod).await {
+            Ok(image) => lifecycle.build.downloader_image = image,
+            Err(error) => tracing::warn!(
+                %error,
+                image = %lifecycle.build.downloader_image,
+                "cannot read this replica's image from its Pod; download Jobs run the default image"
+            ),
+        }
+    }
+    tracing::info!(image = %lifecycle.build.downloader_image, "download Jobs' image");
     let ctx = Arc::new(Context {
         caches,
-        settings: settings.lifecycle.clone(),
+        settings: lifecycle,
         supervision: settings.supervision.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(

@@ -9,9 +9,9 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
     LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinity,
-    PodAffinityTerm, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    PodAffinityTerm, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretEnvSource, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
+    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -66,6 +66,43 @@ pub struct BuildSettings {
     /// Let downloads without `credentials` use the node's instance or web-identity credentials
     /// (`--ambient-credentials`); off, such a download is anonymous.
     pub allow_ambient_credentials: bool,
+    /// Compute resources of a download pod whose model sets none (`spec.download.resources`).
+    pub downloader_resources: ResourceRequirements,
+}
+
+/// Requests of a download pod by default: the downloader streams, so little memory.
+pub const DEFAULT_DOWNLOADER_REQUESTS: &str = "cpu=100m,memory=64Mi";
+/// Limits of a download pod by default, so that namespaces whose quota asks for limits admit it.
+pub const DEFAULT_DOWNLOADER_LIMITS: &str = "cpu=2,memory=512Mi";
+
+/// Parses `name=quantity,name=quantity` (e.g. `cpu=100m,memory=64Mi`) into a resource list;
+/// the error names the item that is not one.
+pub fn resource_list(text: &str) -> Result<BTreeMap<String, Quantity>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() && valid_quantity(value.trim()) => {
+                Ok((name.trim().to_owned(), Quantity(value.trim().to_owned())))
+            }
+            _ => Err(format!("{item:?} is not name=quantity (e.g. cpu=100m,memory=64Mi)")),
+        })
+        .collect()
+}
+
+/// Kubernetes quantity syntax: a decimal number and an optional suffix.
+fn valid_quantity(value: &str) -> bool {
+    let number_end = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(number_end);
+    let digits = number.chars().filter(char::is_ascii_digit).count();
+    digits > 0
+        && number.matches('.').count() <= 1
+        && [
+            "", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+        ]
+        .contains(&suffix)
 }
 
 impl Default for BuildSettings {
@@ -76,6 +113,11 @@ impl Default for BuildSettings {
             downloader_pull_policy: "IfNotPresent".to_owned(),
             downloader_telemetry_env: Vec::new(),
             allow_ambient_credentials: false,
+            downloader_resources: ResourceRequirements {
+                requests: resource_list(DEFAULT_DOWNLOADER_REQUESTS).ok(),
+                limits: resource_list(DEFAULT_DOWNLOADER_LIMITS).ok(),
+                ..Default::default()
+            },
         }
     }
 }
@@ -346,6 +388,31 @@ fn volume_affinity(model: &MLModel) -> Option<Affinity> {
     })
 }
 
+/// `spec.pod`'s scheduling on one of the model's pod specs (download or serving): node
+/// selector, tolerations, priority, and the user's affinity with the volume's pod affinity
+/// added to its required terms.
+fn schedule(model: &MLModel, spec: &mut PodSpec) {
+    let pod = model.spec.pod.clone().unwrap_or_default();
+    spec.node_selector = pod.node_selector;
+    spec.tolerations = pod.tolerations;
+    spec.priority_class_name = pod.priority_class_name;
+    spec.affinity = match (pod.affinity, volume_affinity(model)) {
+        (Some(mut user), Some(volume)) => {
+            let ours = volume
+                .pod_affinity
+                .and_then(|a| a.required_during_scheduling_ignored_during_execution)
+                .unwrap_or_default();
+            user.pod_affinity
+                .get_or_insert_with(Default::default)
+                .required_during_scheduling_ignored_during_execution
+                .get_or_insert_with(Vec::new)
+                .extend(ours);
+            Some(user)
+        }
+        (user, volume) => user.or(volume),
+    };
+}
+
 /// The model's PersistentVolumeClaim.
 pub fn persistent_volume_claim(model: &MLModel) -> PersistentVolumeClaim {
     let storage = model.spec.storage.clone().unwrap_or_default();
@@ -511,8 +578,23 @@ pub fn download_job(model: &MLModel, version: i64, settings: &BuildSettings, ctx
         }]),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         security_context: Some(restricted_container_security()),
+        resources: Some(
+            download
+                .resources
+                .unwrap_or_else(|| settings.downloader_resources.clone()),
+        ),
         ..Default::default()
     };
+    let mut pod_spec = PodSpec {
+        restart_policy: Some("Never".to_owned()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(restricted_pod_security()),
+        containers: vec![container],
+        volumes: Some(vec![model_volume(model, false)]),
+        ..Default::default()
+    };
+    schedule(model, &mut pod_spec);
     Job {
         metadata: meta,
         spec: Some(JobSpec {
@@ -524,16 +606,7 @@ pub fn download_job(model: &MLModel, version: i64, settings: &BuildSettings, ctx
                     labels: Some(pod_template_labels(model, labels)),
                     ..Default::default()
                 }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".to_owned()),
-                    affinity: volume_affinity(model),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(restricted_pod_security()),
-                    containers: vec![container],
-                    volumes: Some(vec![model_volume(model, false)]),
-                    ..Default::default()
-                }),
+                spec: Some(pod_spec),
             },
             ..Default::default()
         }),
@@ -617,6 +690,28 @@ pub fn serving_deployment(model: &MLModel, version: i64) -> Deployment {
         security_context: Some(restricted_container_security()),
         ..Default::default()
     };
+    let pod = model.spec.pod.clone().unwrap_or_default();
+    let mut pod_spec = PodSpec {
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(restricted_pod_security()),
+        service_account_name: pod.service_account_name,
+        image_pull_secrets: pod.image_pull_secrets,
+        containers: vec![container],
+        volumes: Some(vec![
+            model_volume(model, true),
+            Volume {
+                name: "tmp".to_owned(),
+                empty_dir: Some(Default::default()),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    schedule(model, &mut pod_spec);
+    // The user's labels first: the operator's own (selector, model, version, uid) win.
+    let mut template_labels = pod.labels.unwrap_or_default();
+    template_labels.extend(pod_template_labels(model, pod_labels));
     Deployment {
         metadata: meta,
         spec: Some(DeploymentSpec {
@@ -634,25 +729,11 @@ pub fn serving_deployment(model: &MLModel, version: i64) -> Deployment {
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(pod_template_labels(model, pod_labels)),
+                    labels: Some(template_labels),
+                    annotations: pod.annotations,
                     ..Default::default()
                 }),
-                spec: Some(PodSpec {
-                    affinity: volume_affinity(model),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(restricted_pod_security()),
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        model_volume(model, true),
-                        Volume {
-                            name: "tmp".to_owned(),
-                            empty_dir: Some(Default::default()),
-                            ..Default::default()
-                        },
-                    ]),
-                    ..Default::default()
-                }),
+                spec: Some(pod_spec),
             },
             ..Default::default()
         }),
@@ -713,6 +794,7 @@ mod tests {
                 runtime: None,
                 download: None,
                 storage: None,
+                pod: None,
             },
         );
         m.metadata.namespace = Some("ml".to_owned());
@@ -928,6 +1010,156 @@ mod tests {
         assert_eq!(job.spec.unwrap().template.spec.unwrap().affinity, None);
         let deployment = serving_deployment(&shared, 1);
         assert_eq!(deployment.spec.unwrap().template.spec.unwrap().affinity, None);
+    }
+
+    fn with_pod_settings() -> MLModel {
+        let mut m = model(Framework::Sklearn);
+        let gpu = k8s_openapi::api::core::v1::Toleration {
+            key: Some("nvidia.com/gpu".to_owned()),
+            operator: Some("Exists".to_owned()),
+            effect: Some("NoSchedule".to_owned()),
+            ..Default::default()
+        };
+        let zone = k8s_openapi::api::core::v1::NodeAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![Default::default()]),
+            ..Default::default()
+        };
+        m.spec.pod = Some(crate::api::PodSettings {
+            node_selector: Some(BTreeMap::from([("accelerator".to_owned(), "a100".to_owned())])),
+            tolerations: Some(vec![gpu]),
+            affinity: Some(Affinity {
+                node_affinity: Some(zone),
+                ..Default::default()
+            }),
+            priority_class_name: Some("models".to_owned()),
+            image_pull_secrets: Some(vec![k8s_openapi::api::core::v1::LocalObjectReference {
+                name: "registry".to_owned(),
+            }]),
+            service_account_name: Some("iris-server".to_owned()),
+            labels: Some(BTreeMap::from([
+                ("team".to_owned(), "vision".to_owned()),
+                (MODEL_LABEL.to_owned(), "not-iris".to_owned()),
+            ])),
+            annotations: Some(BTreeMap::from([("mesh/inject".to_owned(), "true".to_owned())])),
+        });
+        m
+    }
+
+    #[test]
+    fn pod_settings_reach_the_serving_pods_and_scheduling_reaches_the_download_pod() {
+        let m = with_pod_settings();
+        let deployment = serving_deployment(&m, 1);
+        let template = deployment.spec.expect("spec").template;
+        let meta = template.metadata.expect("metadata");
+        let labels = meta.labels.expect("labels");
+        assert_eq!(labels.get("team").map(String::as_str), Some("vision"));
+        assert_eq!(
+            labels.get(MODEL_LABEL).map(String::as_str),
+            Some("iris"),
+            "the operator's label wins"
+        );
+        assert_eq!(
+            meta.annotations,
+            Some(BTreeMap::from([("mesh/inject".to_owned(), "true".to_owned())]))
+        );
+        let serving = template.spec.expect("pod spec");
+        assert_eq!(serving.service_account_name.as_deref(), Some("iris-server"));
+        assert_eq!(serving.automount_service_account_token, Some(false));
+        assert_eq!(
+            serving.image_pull_secrets.as_ref().map(|s| s[0].name.as_str()),
+            Some("registry")
+        );
+
+        let job = download_job(&m, 1, &BuildSettings::default(), &DownloadContext::default());
+        let download = job.spec.expect("spec").template.spec.expect("pod spec");
+        assert_eq!(download.service_account_name, None);
+        assert_eq!(download.image_pull_secrets, None);
+        for spec in [&serving, &download] {
+            assert_eq!(
+                spec.node_selector,
+                Some(BTreeMap::from([("accelerator".to_owned(), "a100".to_owned())]))
+            );
+            assert_eq!(
+                spec.tolerations.as_ref().and_then(|t| t[0].key.as_deref()),
+                Some("nvidia.com/gpu")
+            );
+            assert_eq!(spec.priority_class_name.as_deref(), Some("models"));
+            // The user's node affinity is kept and the volume's pod affinity added to it.
+            let affinity = spec.affinity.as_ref().expect("affinity");
+            assert!(affinity.node_affinity.is_some());
+            let terms = affinity
+                .pod_affinity
+                .as_ref()
+                .and_then(|p| p.required_during_scheduling_ignored_during_execution.as_ref())
+                .expect("the volume's pod affinity");
+            assert_eq!(terms.len(), 1);
+            assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
+        }
+    }
+
+    #[test]
+    fn a_model_without_pod_settings_renders_the_serving_pods_as_before() {
+        // No field of spec.pod set adds nothing to the pod template, so upgrading the operator
+        // rolls out no serving Deployment.
+        let mut m = model(Framework::Sklearn);
+        let before = serde_json::to_value(serving_deployment(&m, 1)).expect("json");
+        m.spec.pod = Some(crate::api::PodSettings::default());
+        let after = serde_json::to_value(serving_deployment(&m, 1)).expect("json");
+        assert_eq!(before, after);
+        let template = &before["spec"]["template"];
+        assert_eq!(template["metadata"].get("annotations"), None);
+        for absent in [
+            "nodeSelector",
+            "tolerations",
+            "priorityClassName",
+            "serviceAccountName",
+            "imagePullSecrets",
+        ] {
+            assert_eq!(template["spec"].get(absent), None, "{absent}");
+        }
+    }
+
+    #[test]
+    fn download_pods_get_the_operators_resources_unless_the_model_sets_its_own() {
+        let mut m = model(Framework::Sklearn);
+        let resources_of = |m: &MLModel| {
+            let job = download_job(m, 1, &BuildSettings::default(), &DownloadContext::default());
+            job.spec.expect("spec").template.spec.expect("pod spec").containers[0]
+                .resources
+                .clone()
+                .expect("resources")
+        };
+        let defaults = resources_of(&m);
+        let quantity = |list: &Option<BTreeMap<String, Quantity>>, name: &str| {
+            list.as_ref().and_then(|l| l.get(name)).map(|q| q.0.clone())
+        };
+        assert_eq!(quantity(&defaults.requests, "cpu").as_deref(), Some("100m"));
+        assert_eq!(quantity(&defaults.requests, "memory").as_deref(), Some("64Mi"));
+        assert_eq!(quantity(&defaults.limits, "cpu").as_deref(), Some("2"));
+        assert_eq!(quantity(&defaults.limits, "memory").as_deref(), Some("512Mi"));
+
+        let own = ResourceRequirements {
+            limits: Some(BTreeMap::from([("memory".to_owned(), Quantity("1Gi".to_owned()))])),
+            ..Default::default()
+        };
+        m.spec.download = Some(crate::api::DownloadPolicy {
+            resources: Some(own.clone()),
+            ..Default::default()
+        });
+        assert_eq!(resources_of(&m), own);
+    }
+
+    #[test]
+    fn resource_lists_are_parsed_and_a_bad_item_is_named() {
+        let list = resource_list("cpu=250m, memory=1.5Gi,ephemeral-storage=2G").expect("valid");
+        assert_eq!(list.get("cpu"), Some(&Quantity("250m".to_owned())));
+        assert_eq!(list.get("memory"), Some(&Quantity("1.5Gi".to_owned())));
+        assert_eq!(list.len(), 3);
+        assert_eq!(resource_list("").expect("empty"), BTreeMap::new());
+        for bad in ["cpu", "cpu=", "cpu=lots", "=1", "memory=1.2.3Gi", "memory=1GB"] {
+            let error = resource_list(bad).expect_err(bad);
+            assert!(error.contains(bad), "{error}");
+        }
     }
 
     #[test]

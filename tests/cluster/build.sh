@@ -2,8 +2,8 @@
 # Builds the local cluster's components from their Go modules into a cache outside the
 # repository, keyed by version and by the pinned go.sum files: kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy, etcd, kwok,
-# Rancher's local-path-provisioner and Jaeger (v2, in-memory storage for traces), and the
-# s3s-fs S3-compatible server from crates.io (with cargo). A warm run
+# Rancher's local-path-provisioner, Jaeger (v2, in-memory storage for traces) and Helm (the
+# chart's tests), and the s3s-fs S3-compatible server from crates.io (with cargo). A warm run
 # is a no-op.
 #
 #   tests/cluster/build.sh            build what is missing, print the bin directory
@@ -63,6 +63,7 @@ if [[ "${1:-}" == "--update" ]]; then
   update_simple local-path-provisioner github.com/rancher/local-path-provisioner \
     "$LOCAL_PATH_PROVISIONER_VERSION" github.com/rancher/local-path-provisioner
   update_simple jaeger github.com/jaegertracing/jaeger "$JAEGER_VERSION" github.com/jaegertracing/jaeger/cmd/jaeger
+  update_simple helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
   exit 0
 fi
 
@@ -77,6 +78,14 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
   kldflags+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=1970-01-01T00:00:00Z'"
 done
 
+# Helm's default Kubernetes version (for `helm template`, `helm lint`) is that of the
+# client-go it is built with, as its own Makefile sets it.
+helm_k8s_minor="$(sed -n 's#^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$here/go/helm/go.mod")"
+hldflags="-X 'helm.sh/helm/v3/internal/version.version=$HELM_VERSION'"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  hldflags+=" -X '$pkg.k8sVersionMajor=1' -X '$pkg.k8sVersionMinor=$helm_k8s_minor'"
+done
+
 # group name|version|ldflags|binary=package ...
 groups=(
   "kubernetes|$KUBERNETES_VERSION|$kldflags|kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler kubectl=k8s.io/kubernetes/cmd/kubectl kubelet=k8s.io/kubernetes/cmd/kubelet kube-proxy=k8s.io/kubernetes/cmd/kube-proxy"
@@ -84,6 +93,7 @@ groups=(
   "kwok|$KWOK_VERSION|-X 'sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION'|kwok=sigs.k8s.io/kwok/cmd/kwok"
   "local-path-provisioner|$LOCAL_PATH_PROVISIONER_VERSION||local-path-provisioner=github.com/rancher/local-path-provisioner"
   "jaeger|$JAEGER_VERSION|-X 'github.com/jaegertracing/jaeger/internal/version.latestVersion=$JAEGER_VERSION'|jaeger=github.com/jaegertracing/jaeger/cmd/jaeger"
+  "helm|$HELM_VERSION|$hldflags|helm=helm.sh/helm/v3/cmd/helm"
 )
 
 group_dir() { # name version

@@ -16,6 +16,8 @@
 //! (`up --jaeger`), its addresses in [`TestCluster::jaeger`].
 #![allow(dead_code)]
 
+pub mod iris;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
@@ -321,6 +323,23 @@ impl TestCluster {
     /// Runs kubectl with `args`, panicking with its output unless it succeeds; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         run_ok(self.kubectl().args(args))
+    }
+
+    /// `helm` (built with the cluster's components) against this cluster, its cache, config
+    /// and data in the cluster's state dir.
+    pub fn helm(&self) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("helm"));
+        let home = self.state_dir.join("helm");
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        cmd
+    }
+
+    /// Runs helm with `args`, panicking with its output unless it succeeds; returns stdout.
+    pub fn helm_ok(&self, args: &[&str]) -> String {
+        run_ok(self.helm().args(args))
     }
 
     /// `kubectl apply -f -` with `yaml` on stdin; panics unless it succeeds.

@@ -73,6 +73,7 @@ fn model() -> MLModel {
             runtime: None,
             download: None,
             storage: None,
+            pod: None,
         },
     );
     m.metadata.namespace = Some("ml".to_owned());
