@@ -103,7 +103,6 @@ pub enum RunError {
     Supervisor(String),
 }
 
-/// Runs the operator until SIGTERM or Ctrl-C.
 /// The image of `pod`'s operator container (the one named `manager`, else its first).
 async fn own_image(client: &Client, namespace: &str, pod: &str) -> Result<String, String> {
     let pod = Api::<Pod>::namespaced(client.clone(), namespace)
@@ -119,6 +118,7 @@ async fn own_image(client: &Client, namespace: &str, pod: &str) -> Result<String
         .ok_or_else(|| "the Pod has no container image".to_owned())
 }
 
+/// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(settings: RunSettings) -> Result<(), RunError> {
     let client = Client::try_default().await?;
     let metrics = Metrics::new();

@@ -323,13 +323,9 @@ fn the_chart_renders_a_servicemonitor_only_where_its_api_exists_and_passes_setti
 
 /// The operator's pods in `namespace` that are not being deleted: (name, ready).
 async fn operator_pods(client: &Client, namespace: &str) -> Vec<(String, bool)> {
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(MANAGER_SELECTOR))
+    live_operator_pods(client, namespace)
         .await
-        .expect("listing the operator's pods");
-    pods.items
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .map(|p| {
             let ready = p
                 .status
@@ -338,6 +334,39 @@ async fn operator_pods(client: &Client, namespace: &str) -> Vec<(String, bool)> 
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             (p.name_any(), ready)
         })
+        .collect()
+}
+
+/// Waits until exactly `count` operator pods run and are ready, none of them restarted (a
+/// restart shows the container's last termination, its log tail included); returns their names.
+async fn ready_operator_pods(client: &Client, namespace: &str, count: usize) -> Vec<String> {
+    let pods = poll_until("the operator's pods ready", Duration::from_secs(90), || async move {
+        let pods = operator_pods(client, namespace).await;
+        (pods.len() == count && pods.iter().all(|(_, ready)| *ready)).then_some(pods)
+    })
+    .await;
+    for pod in live_operator_pods(client, namespace).await {
+        for status in pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten()) {
+            assert_eq!(
+                status.restart_count,
+                0,
+                "{} restarted; its last termination: {:?}",
+                pod.name_any(),
+                status.last_state.as_ref().and_then(|s| s.terminated.as_ref())
+            );
+        }
+    }
+    pods.into_iter().map(|(name, _)| name).collect()
+}
+
+async fn live_operator_pods(client: &Client, namespace: &str) -> Vec<Pod> {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(MANAGER_SELECTOR))
+        .await
+        .expect("listing the operator's pods");
+    pods.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect()
 }
 
@@ -525,9 +554,7 @@ async fn kubectl_apply_k_runs_two_replicas_that_keep_a_model_served_through_lead
     let started = Instant::now();
     cluster.kubectl_ok(&["apply", "-k", &overlay.path().display().to_string()]);
     rollout_status(cluster, KUSTOMIZE_NAMESPACE, "mlmodel-operator");
-    let pods = operator_pods(&client, KUSTOMIZE_NAMESPACE).await;
-    assert_eq!(pods.len(), 2, "{pods:?}");
-    assert!(pods.iter().all(|(_, ready)| *ready), "{pods:?}");
+    ready_operator_pods(&client, KUSTOMIZE_NAMESPACE, 2).await;
     let deployment = Api::<Deployment>::namespaced(client.clone(), KUSTOMIZE_NAMESPACE)
         .get("mlmodel-operator")
         .await
@@ -587,6 +614,7 @@ async fn kubectl_apply_k_runs_two_replicas_that_keep_a_model_served_through_lead
     assert_eq!(model.status.and_then(|s| s.serving).map(|s| s.generation), Some(2));
     serves(&ns, "v2").await;
     rollout_status(cluster, KUSTOMIZE_NAMESPACE, "mlmodel-operator");
+    ready_operator_pods(&client, KUSTOMIZE_NAMESPACE, 2).await;
 
     // A restart of the operator changes nothing a user sees.
     let before = children(&ns).await;
@@ -603,12 +631,7 @@ async fn kubectl_apply_k_runs_two_replicas_that_keep_a_model_served_through_lead
     rollout_status(cluster, KUSTOMIZE_NAMESPACE, "mlmodel-operator");
     let after_restart = pod_leader(&client, KUSTOMIZE_NAMESPACE, Some(&second_leader)).await;
     // The new leader has reconciled the model once its watches synced (readiness).
-    let c = &client;
-    poll_until("the new pods ready", Duration::from_secs(60), || async move {
-        let pods = operator_pods(c, KUSTOMIZE_NAMESPACE).await;
-        (pods.len() == 2 && pods.iter().all(|(_, ready)| *ready)).then_some(())
-    })
-    .await;
+    ready_operator_pods(&client, KUSTOMIZE_NAMESPACE, 2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::SeqCst);
     let lapses = lapses.await.expect("the watcher");
@@ -650,6 +673,8 @@ async fn kubectl_apply_k_runs_two_replicas_that_keep_a_model_served_through_lead
         BTreeSet::from(["mlmodel_is_leader 0".to_owned(), "mlmodel_is_leader 1".to_owned()]),
         "both replicas answer through the Service, one leading"
     );
+
+    ready_operator_pods(&client, KUSTOMIZE_NAMESPACE, 2).await;
 
     // Models go before the operator that removes their children.
     ns.kubectl()
