@@ -164,7 +164,10 @@ impl Actor for ModelActor {
                     Some(phase) => tracing::info_span!(parent: phase, "reconcile"),
                     None => Span::none(),
                 };
-                reconcile(&myself, state).instrument(span).await?;
+                let result = reconcile(&myself, state).instrument(span).await;
+                // The reconcile's span is closed, and with it a phase that just ended.
+                state.trace.end_outcome();
+                result?;
             }
         }
         Ok(())

@@ -23,6 +23,11 @@ struct Rollout {
 pub struct RolloutTrace {
     current: Option<Rollout>,
     phase_since: Instant,
+    /// The outcome span (`mlmodel.ready`, `mlmodel.failed`) of a rollout that just ended, held
+    /// until the reconcile that reported it is over: the last phase's span closes only with
+    /// that reconcile, and the outcome must reach the collector after it, so that a trace
+    /// whose outcome is visible is complete.
+    outcome: Option<Span>,
 }
 
 impl Default for RolloutTrace {
@@ -30,6 +35,7 @@ impl Default for RolloutTrace {
         Self {
             current: None,
             phase_since: Instant::now(),
+            outcome: None,
         }
     }
 }
@@ -69,6 +75,12 @@ impl RolloutTrace {
         }
     }
 
+    /// Ends the outcome span of a rollout that ended in the reconcile just finished (after the
+    /// span of its last phase, which that reconcile kept open).
+    pub fn end_outcome(&mut self) {
+        self.outcome.take();
+    }
+
     /// Records the phase `status` reports: ends the previous phase's span and opens the next,
     /// or the rollout's outcome.
     pub fn phase_reported(&mut self, model: &MLModel, status: &MLModelStatus, metrics: &Metrics) {
@@ -101,6 +113,7 @@ impl RolloutTrace {
                 phase,
             );
             telemetry::set_parent_from_traceparent(&outcome, &rollout.traceparent);
+            self.outcome.take();
             if let Some(f) = status.last_failure.as_ref().filter(|_| phase != Phase::Ready) {
                 outcome.record("otel.status_code", "ERROR");
                 // tracing-opentelemetry's field for the status message (`otel.status_message`
@@ -108,6 +121,7 @@ impl RolloutTrace {
                 outcome.record("otel.status_description", f.message.as_str());
                 outcome.record("mlmodel.failure.reason", f.reason.as_str());
             }
+            self.outcome = Some(outcome);
             return;
         }
         let span = rollout_span(&format!("phase {phase}"), model, phase);
