@@ -409,34 +409,51 @@ fn rollout_status(cluster: &TestCluster, namespace: &str, deployment: &str) {
 }
 
 /// What the operator made for the model in `ns`: (kind, name) of its Deployments, Services,
-/// Jobs and claims, and the names of its running pods.
+/// Jobs and claims, and the names of its running pods; objects on their way out (a pod of
+/// the previous version draining, a superseded Job) are not counted.
 async fn children(ns: &TestNamespace) -> BTreeSet<(String, String)> {
-    let lp = ListParams::default().labels("app.kubernetes.io/managed-by=mlmodel-operator");
+    async fn live<K>(ns: &TestNamespace, kind: &str, keep: impl Fn(&K) -> bool) -> Vec<(String, String)>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let lp = ListParams::default().labels("app.kubernetes.io/managed-by=mlmodel-operator");
+        let items = ns.api::<K>().list(&lp).await.expect("list").items;
+        items
+            .into_iter()
+            .filter(|o| o.meta().deletion_timestamp.is_none() && keep(o))
+            .map(|o| (kind.to_owned(), o.name_any()))
+            .collect()
+    }
+    let running = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
     let mut out = BTreeSet::new();
-    let mut add = |kind: &str, names: Vec<String>| out.extend(names.into_iter().map(|n| (kind.to_owned(), n)));
-    add(
-        "Deployment",
-        support::names(&ns.api::<Deployment>().list(&lp).await.expect("list").items),
-    );
-    add(
-        "Service",
-        support::names(&ns.api::<Service>().list(&lp).await.expect("list").items),
-    );
-    add(
-        "Job",
-        support::names(&ns.api::<Job>().list(&lp).await.expect("list").items),
-    );
-    add(
-        "PersistentVolumeClaim",
-        support::names(&ns.api::<PersistentVolumeClaim>().list(&lp).await.expect("list").items),
-    );
-    let pods = ns.api::<Pod>().list(&lp).await.expect("list").items;
-    let running: Vec<Pod> = pods
-        .into_iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .collect();
-    add("Pod", support::names(&running));
+    out.extend(live::<Deployment>(ns, "Deployment", |_| true).await);
+    out.extend(live::<Service>(ns, "Service", |_| true).await);
+    out.extend(live::<Job>(ns, "Job", |_| true).await);
+    out.extend(live::<PersistentVolumeClaim>(ns, "PersistentVolumeClaim", |_| true).await);
+    out.extend(live::<Pod>(ns, "Pod", running).await);
     out
+}
+
+/// [`children`] once two reads a second apart agree: a rollout that just ended may still be
+/// removing what it replaced.
+async fn settled_children(ns: &TestNamespace) -> BTreeSet<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = children(ns).await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = children(ns).await;
+        if now == last {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the model's children did not settle in 60 s: {now:?}"
+        );
+        last = now;
+    }
 }
 
 /// Records every moment `iris` in `ns` is not `Available` until `stop` is set.
@@ -617,7 +634,7 @@ async fn kubectl_apply_k_runs_two_replicas_that_keep_a_model_served_through_lead
     ready_operator_pods(&client, KUSTOMIZE_NAMESPACE, 2).await;
 
     // A restart of the operator changes nothing a user sees.
-    let before = children(&ns).await;
+    let before = settled_children(&ns).await;
     let stop = Arc::new(AtomicBool::new(false));
     let lapses = watch_available(&ns, stop.clone());
     let restarted = Instant::now();
