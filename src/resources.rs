@@ -82,27 +82,12 @@ pub fn resource_list(text: &str) -> Result<BTreeMap<String, Quantity>, String> {
         .map(str::trim)
         .filter(|item| !item.is_empty())
         .map(|item| match item.split_once('=') {
-            Some((name, value)) if !name.trim().is_empty() && valid_quantity(value.trim()) => {
+            Some((name, value)) if !name.trim().is_empty() && quantity_bytes(value.trim()).is_some() => {
                 Ok((name.trim().to_owned(), Quantity(value.trim().to_owned())))
             }
             _ => Err(format!("{item:?} is not name=quantity (e.g. cpu=100m,memory=64Mi)")),
         })
         .collect()
-}
-
-/// Kubernetes quantity syntax: a decimal number and an optional suffix.
-fn valid_quantity(value: &str) -> bool {
-    let number_end = value
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(value.len());
-    let (number, suffix) = value.split_at(number_end);
-    let digits = number.chars().filter(char::is_ascii_digit).count();
-    digits > 0
-        && number.matches('.').count() <= 1
-        && [
-            "", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
-        ]
-        .contains(&suffix)
 }
 
 impl Default for BuildSettings {
