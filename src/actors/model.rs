@@ -26,6 +26,9 @@ const IN_FLIGHT_TTL: Duration = Duration::from_secs(15);
 
 /// How often a model whose child's name is taken tries again.
 const CONFLICT_RETRY: Duration = Duration::from_secs(5);
+/// Attempts refused for a missing permission (RBAC) before the status says so: with the
+/// 0.5 s doubling backoff, a refusal that lasts about 7 s.
+const FORBIDDEN_RETRIES_BEFORE_REPORT: u32 = 4;
 
 /// The model actor.
 pub struct ModelActor;
@@ -379,10 +382,15 @@ async fn handle_error(
             // the API server's words, and the write is tried again with backoff, so the model
             // goes on by itself once the cause is gone.
             let reason = lifecycle::refusal_reason(message);
-            let status = lifecycle::failed_status(model, reason, &error.to_string(), Timestamp::now());
-            if let Err(error) = report(state, model, status).await {
-                state.ctx.metrics.reconcile_error(error.category());
-                tracing::warn!(model = %state.key, %error, "could not report the refusal");
+            // An API server that has just (re)started denies every request until its RBAC
+            // caches are filled: a missing permission is reported only once it persists.
+            let settling = reason == reason::FORBIDDEN && state.retries < FORBIDDEN_RETRIES_BEFORE_REPORT;
+            if !settling {
+                let status = lifecycle::failed_status(model, reason, &error.to_string(), Timestamp::now());
+                if let Err(error) = report(state, model, status).await {
+                    state.ctx.metrics.reconcile_error(error.category());
+                    tracing::warn!(model = %state.key, %error, "could not report the refusal");
+                }
             }
             let delay = backoff(
                 state.retries,
