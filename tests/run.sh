@@ -18,6 +18,10 @@ for tool in openssl curl setsid ss timeout python3; do
 done
 
 start=$SECONDS
+# A cold run writes about 25 GiB (Go and cargo builds, the images); a warm one a few.
+free_gib="$(df --output=avail -BG "$root" | tail -n 1 | tr -dc 0-9)"
+echo "free disk space: ${free_gib} GiB" >&2
+((free_gib >= 10)) || echo "warning: less than 10 GiB free; builds and the real node may run out of space" >&2
 step "packages of the real node (containerd, runc, CNI plugins, podman; Debian, installed once)"
 tests/cluster/node-deps.sh
 
@@ -51,6 +55,28 @@ trap 'rm -f "$log"; tests/cluster/cluster.sh down "$node_cluster" >/dev/null 2>&
 status=0
 cargo test --locked --no-fail-fast --features fault-injection --lib --bins --tests -- "$@" 2>&1 | tee "$log" || status=$?
 echo "tests ran in $((SECONDS - t))s; total $((SECONDS - start))s" >&2
+if [[ "$status" != 0 ]]; then
+  # What a failure on the shared node needs first: is the node (and each of its processes)
+  # still up, under pressure, tainted, short of disk or memory.
+  step "the shared cluster after the failure (its logs: $node_cluster/logs)"
+  kubectl=("$(sed -n 's/^BIN_DIR=//p' "$node_cluster/cluster.env" 2>/dev/null)/kubectl" --kubeconfig "$node_cluster/kubeconfig")
+  {
+    df -h / "$node_cluster" 2>/dev/null | uniq
+    free -m | head -n 2
+    "${kubectl[@]}" get nodes -l type=real -o \
+      'custom-columns=NODE:.metadata.name,CONDITIONS:.status.conditions[*].type,STATUS:.status.conditions[*].status,TAINTS:.spec.taints[*].key' 2>&1
+    "${kubectl[@]}" get pods -A --field-selector spec.nodeName=real-node --no-headers 2>/dev/null |
+      awk '{ n[$4]++ } END { for (s in n) printf "pods on the real node: %d %s\n", n[s], s }'
+    for name in containerd kubelet kube-proxy kube-apiserver; do
+      pid="$(cat "$node_cluster/pids/$name.pid" 2>/dev/null)" || continue
+      kill -0 "$pid" 2>/dev/null || echo "$name (pid $pid) is not running"
+    done
+    # The kubelet's errors, less the ones every run has (a container already gone, a pod's
+    # cgroup already removed, a finished helper pod of the volume provisioner).
+    grep -E '^E[0-9]{4} ' "$node_cluster/logs/kubelet.log" 2>/dev/null |
+      grep -vE 'code = NotFound|cgroup|no relationship found' | tail -n 12 | cut -c1-400
+  } >&2 || true
+fi
 # One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
      END { printf "%d passed, %d failed, %d skipped\n", p, f, g }' "$log"

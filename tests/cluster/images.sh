@@ -161,6 +161,22 @@ cmd_build() {
     log "built $name in $((SECONDS - t))s ($(podman image inspect --format '{{.Size}}' "${ref[$name]}" | awk '{printf "%.0f MiB", $1/1048576}'))"
   done
   for name in "${names[@]}"; do [[ -n "${ref[$name]:-}" ]] || die "unknown image '$name' (known: ${order[*]})"; done
+  prune_stale
+}
+
+# Every rebuild leaves the previous build's untagged images (its stages and layers) in
+# podman's store. Those whose recipe is no longer any tagged image's are removed, so the store
+# does not grow by a build per source change; the current builds' layers stay as the cache.
+prune_stale() {
+  local current=() name h
+  for name in "${order[@]}"; do
+    h="$(current_hash "$name")"
+    [[ "$h" == none ]] || current+=("$h")
+  done
+  while read -r h; do
+    [[ -n "$h" && " ${current[*]} " != *" $h "* ]] || continue
+    podman image prune --force --filter "label=$label=$h" >/dev/null 2>&1 || true
+  done < <(podman images --all --filter "label=$label" --format "{{index .Labels \"$label\"}}" | sort -u)
 }
 
 # import: podman save -> containerd, only for images whose id containerd does not have yet.

@@ -231,7 +231,10 @@ clusterDomain: cluster.local
 resolvConf: $dir/resolv.conf
 maxPods: 60
 serializeImagePulls: false
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+# No eviction or image garbage collection on disk usage: the node's images are imported, not
+# pulled, so an image the kubelet removed could never come back, and a disk-pressure taint
+# would stop every later pod of a run on a machine whose disk is merely full of other things.
+evictionHard: {memory.available: 100Mi, nodefs.available: "0%", imagefs.available: "0%", nodefs.inodesFree: "0%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 registerNode: true

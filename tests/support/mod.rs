@@ -509,8 +509,26 @@ fn object_ref<K: Resource<DynamicType = ()>>(api: &Api<K>, name: &str) -> String
     }
 }
 
+/// The object as YAML for a failure message: its status first (what a failure is about), and
+/// without `managedFields`, which would push everything else out of a truncated log.
 fn dump<K: Serialize>(obj: &K) -> String {
-    serde_yaml::to_string(obj).unwrap_or_else(|e| format!("<unserializable: {e}>"))
+    let mut value = match serde_json::to_value(obj) {
+        Ok(value) => value,
+        Err(e) => return format!("<unserializable: {e}>"),
+    };
+    if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        metadata.remove("managedFields");
+    }
+    let status = value.as_object_mut().and_then(|o| o.remove("status"));
+    let yaml = |v: &serde_json::Value| serde_yaml::to_string(v).unwrap_or_else(|e| format!("<unserializable: {e}>"));
+    match status {
+        Some(status) => format!("status:\n{}{}", indent(&yaml(&status)), yaml(&value)),
+        None => yaml(&value),
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
 }
 
 /// Waits until object `name` exists and satisfies `condition`; returns it.
