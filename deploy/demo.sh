@@ -454,8 +454,16 @@ if [[ "$existing" != 1 ]]; then
   request='{"inputs": [{"name": "flowers", "shape": [3, 4], "datatype": "FP64", "data": [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]}]}'
   printf '  POST http://%s:%s/v2/models/iris-sklearn/infer\n' "$ip" "$port"
   printf '  %s\n' "$request"
-  answer="$(curl -fsS --max-time 10 -H 'Content-Type: application/json' -d "$request" \
-    "http://$ip:$port/v2/models/iris-sklearn/infer")" || die "the inference request failed"
+  # The Service routes once kube-proxy has programmed the pod's endpoint, a moment after the
+  # model is Ready: until then the request is refused (or, on some networks, answered by
+  # something that is not the model server). MLServer's answer carries "outputs".
+  answer=""
+  for _ in $(seq 1 30); do
+    answer="$(curl -sS --max-time 10 -H 'Content-Type: application/json' -d "$request" \
+      "http://$ip:$port/v2/models/iris-sklearn/infer" 2>&1)" && [[ "$answer" == *'"outputs"'* ]] && break
+    sleep 1
+  done
+  [[ "$answer" == *'"outputs"'* ]] || die "the inference request failed: $answer"
   printf '  answer: %s\n' "$answer"
   classes="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["outputs"][0]["data"])' <<<"$answer")"
   printf '  predicted classes (0 setosa, 1 versicolor, 2 virginica): %s\n' "$classes"

@@ -3,6 +3,7 @@
 //! restart builds byte-identical objects and server-side apply is idempotent.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
@@ -216,6 +217,38 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
+/// MLServer's logging (Python `dictConfig`, in `MLSERVER_LOGGING_SETTINGS`). MLServer exits
+/// with code 0 when a model fails to load, so the kubelet never falls back to its logs for the
+/// termination message: its errors are also written to the termination log, where the model's
+/// status finds the server's own reason. The file is truncated whenever it would pass the
+/// 4 KiB the kubelet keeps, so errors during serving never fill the node's disk. MLServer
+/// hands the same settings to uvicorn, whose loggers keep writing to stdout.
+static MLSERVER_LOGGING: LazyLock<String> = LazyLock::new(|| {
+    serde_json::json!({
+        "version": 1,
+        "disable_existing_loggers": false,
+        "formatters": {
+            "message": {"format": "%(message)s"},
+            "uvicorn": {"format": "%(levelname)s:     %(message)s"},
+        },
+        "handlers": {
+            "termination": {
+                "class": "logging.handlers.RotatingFileHandler",
+                "filename": "/dev/termination-log",
+                "maxBytes": 4096,
+                "level": "ERROR",
+                "formatter": "message",
+                // With no backups, a "rollover" only reopens the file: in mode "w", truncated.
+                ".": {"mode": "w"},
+            },
+            "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "uvicorn"},
+        },
+        "loggers": {"uvicorn": {"handlers": ["stdout"], "level": "INFO", "propagate": false}},
+        "root": {"handlers": ["termination"]},
+    })
+    .to_string()
+});
+
 /// Resolves the runtime of `model` serving artifact `version`.
 pub fn runtime(model: &MLModel, version: i64) -> Runtime {
     let name = model_name(model);
@@ -226,6 +259,7 @@ pub fn runtime(model: &MLModel, version: i64) -> Runtime {
             env("MLSERVER_MODEL_NAME", name.clone()),
             env("MLSERVER_MODEL_URI", format!("{model_dir}/{version}")),
             env("MLSERVER_HTTP_PORT", "8080"),
+            env("MLSERVER_LOGGING_SETTINGS", MLSERVER_LOGGING.as_str()),
         ];
         if let Some(implementation) = implementation {
             env.push(self::env("MLSERVER_MODEL_IMPLEMENTATION", implementation));
@@ -962,6 +996,30 @@ mod tests {
             service_endpoint(&m, &BuildSettings::default()),
             "iris.ml.svc.cluster.local:8501"
         );
+    }
+
+    #[test]
+    fn mlserver_writes_its_errors_to_a_bounded_termination_log_and_uvicorn_to_stdout() {
+        let runtime = runtime(&model(Framework::Sklearn), 1);
+        let settings = runtime
+            .env
+            .iter()
+            .find(|e| e.name == "MLSERVER_LOGGING_SETTINGS")
+            .and_then(|e| e.value.as_deref())
+            .expect("MLSERVER_LOGGING_SETTINGS");
+        let settings: serde_json::Value = serde_json::from_str(settings).expect("JSON");
+        let termination = &settings["handlers"]["termination"];
+        assert_eq!(termination["filename"], "/dev/termination-log");
+        assert_eq!(termination["level"], "ERROR");
+        assert_eq!(termination["maxBytes"], 4096);
+        assert_eq!(termination["."]["mode"], "w", "a full file is truncated, not renamed");
+        assert!(termination.get("backupCount").is_none());
+        assert_eq!(settings["root"]["handlers"], serde_json::json!(["termination"]));
+        assert_eq!(
+            settings["loggers"]["uvicorn"]["handlers"],
+            serde_json::json!(["stdout"])
+        );
+        assert_eq!(settings["disable_existing_loggers"], false);
     }
 
     #[test]

@@ -258,7 +258,44 @@ pub fn waterfall(spans: &[Span]) -> Vec<String> {
             lines.extend(wrap(&format!("{ERROR_MARK} {message}"), &indent, WIDTH));
         }
     }
+    if let Some(split) = split(spans) {
+        lines.extend(wrap(&split, "", WIDTH));
+    }
     lines
+}
+
+/// Where a rollout's time went, in one sentence: each phase's duration (the volume, the
+/// download Job with the downloader's own share, serving: the server's start, its model load
+/// and readiness probes), and the operator's own work, its reconciles. `None` for a trace
+/// without phases.
+pub fn split(spans: &[Span]) -> Option<String> {
+    let phases: Vec<String> = tree_order(spans)
+        .into_iter()
+        .filter_map(|(_, s)| Some((s.name.strip_prefix("phase ")?, s)))
+        .map(|(phase, span)| {
+            let mut part = format!("{phase} {}", human_duration(span.duration_us));
+            if phase == "Downloading"
+                && let Some(download) = spans.iter().find(|s| s.name == "mlmodel.download")
+            {
+                part.push_str(&format!(" (the downloader {})", human_duration(download.duration_us)));
+            }
+            part
+        })
+        .collect();
+    if phases.is_empty() {
+        return None;
+    }
+    let reconciles: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "reconcile" && s.service == "mlmodel-operator")
+        .collect();
+    let busy: u64 = reconciles.iter().map(|s| s.duration_us).sum();
+    Some(format!(
+        "time by phase: {}; the operator's own work: {} reconciles, {} in all",
+        phases.join(", "),
+        reconciles.len(),
+        human_duration(busy)
+    ))
 }
 
 /// Bar column of `offset` microseconds into a trace `total` long.
@@ -491,6 +528,53 @@ mod tests {
         assert!(bar("mlmodel.failed").ends_with('█'), "{lines:#?}");
         // The Serving phase lasts most of the trace.
         assert!(bar("phase Serving").matches('█').count() > BAR_WIDTH / 2, "{lines:#?}");
+    }
+
+    fn span(name: &str, service: &str, start_us: u64, duration_us: u64) -> Span {
+        Span {
+            trace_id: "t".to_owned(),
+            span_id: format!("{name}@{start_us}"),
+            parent_id: None,
+            name: name.to_owned(),
+            service: service.to_owned(),
+            start_us,
+            duration_us,
+            tags: BTreeMap::new(),
+            process_tags: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_split_names_each_phase_the_downloaders_share_and_the_operators_work() {
+        let spans = [
+            span("mlmodel.rollout", "mlmodel-operator", 0, 100),
+            span("phase CreatingStorage", "mlmodel-operator", 0, 1_200_000),
+            span("reconcile", "mlmodel-operator", 0, 30_000),
+            span("phase Downloading", "mlmodel-operator", 1_200_000, 3_400_000),
+            span("reconcile", "mlmodel-operator", 1_200_000, 12_000),
+            span("mlmodel.download", "mlmodel-downloader", 2_000_000, 310_000),
+            span("phase Serving", "mlmodel-operator", 4_600_000, 5_300_000),
+            span("reconcile", "mlmodel-operator", 9_900_000, 8_000),
+            span("mlmodel.ready", "mlmodel-operator", 9_900_000, 50),
+        ];
+        assert_eq!(
+            split(&spans).as_deref(),
+            Some(
+                "time by phase: CreatingStorage 1.20s, Downloading 3.40s (the downloader 310ms), \
+                 Serving 5.30s; the operator's own work: 3 reconciles, 50ms in all"
+            )
+        );
+        assert_eq!(split(&spans[..1]), None, "a trace without phases has no split");
+        let lines = waterfall(&spans);
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("time by phase"))
+            .expect("the split");
+        assert!(
+            lines[at..].join(" ").ends_with("50ms in all"),
+            "the split ends the waterfall: {lines:#?}"
+        );
+        assert!(lines.iter().all(|l| l.chars().count() <= WIDTH), "{lines:#?}");
     }
 
     #[test]

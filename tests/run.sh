@@ -69,12 +69,16 @@ if [[ "$status" != 0 ]]; then
       awk '{ n[$4]++ } END { for (s in n) printf "pods on the real node: %d %s\n", n[s], s }'
     for name in containerd kubelet kube-proxy kube-apiserver; do
       pid="$(cat "$node_cluster/pids/$name.pid" 2>/dev/null)" || continue
-      kill -0 "$pid" 2>/dev/null || echo "$name (pid $pid) is not running"
+      kill -0 "$pid" 2>/dev/null || {
+        echo "$name (pid $pid) is not running; the end of its log:"
+        tail -n 8 "$node_cluster/logs/$name.log" | cut -c1-400
+      }
     done
     # The kubelet's errors, less the ones every run has (a container already gone, a pod's
     # cgroup already removed, a finished helper pod of the volume provisioner).
     grep -E '^E[0-9]{4} ' "$node_cluster/logs/kubelet.log" 2>/dev/null |
       grep -vE 'code = NotFound|cgroup|no relationship found' | tail -n 12 | cut -c1-400
+    grep -E '^E[0-9]{4} ' "$node_cluster/logs/kube-proxy.log" 2>/dev/null | tail -n 5 | cut -c1-400
   } >&2 || true
 fi
 # One closing line over every test binary.

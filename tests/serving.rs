@@ -182,6 +182,50 @@ async fn a_wrong_model_layout_fails_the_download_naming_what_is_missing() {
     );
 }
 
+/// A model file MLServer cannot load: the server exits (with code 0), restarts, and the model
+/// fails with the server's own error, read from the container's termination message.
+#[tokio::test]
+async fn a_model_the_server_cannot_load_fails_with_the_servers_reason() {
+    let ns = setup("serve-corrupt").await;
+    let dir = real_node().store_dir.join(&ns.name);
+    std::fs::create_dir_all(dir.join("content")).expect("store dir");
+    std::fs::write(dir.join("content/model.joblib"), "not a model\n").expect("file");
+    let out = Command::new("tar")
+        .arg("-czf")
+        .arg(dir.join("model.tar.gz"))
+        .arg("-C")
+        .arg(dir.join("content"))
+        .arg("model.joblib")
+        .output()
+        .expect("tar");
+    assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+    let url = format!("{}/{}/model.tar.gz", real_node().store_url, ns.name);
+    ns.apply_yaml(&model_yaml("corrupt", &url, None, ""));
+    // Three restarts with the kubelet's back-off (10 s, 20 s, 40 s) and MLServer's start-ups.
+    let model = wait_for(&ns.api::<MLModel>(), "corrupt", Duration::from_secs(300), |m| {
+        phase(m) == Some(Phase::Failed)
+    })
+    .await;
+    let failure = model
+        .status
+        .as_ref()
+        .and_then(|s| s.last_failure.as_ref())
+        .expect("lastFailure");
+    assert_eq!(failure.reason, "CrashLoopBackOff", "{model:?}");
+    for expected in [
+        "container server is crash-looping",
+        "(exit code 0)",
+        "Some of the models failed to load during startup!",
+        "KeyError: 110",
+    ] {
+        assert!(
+            failure.message.contains(expected),
+            "the status carries the server's reason ({expected}): {}",
+            failure.message
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_runtime_image_that_is_not_present_fails_with_the_kubelets_reason() {
     let ns = setup("serve-no-image").await;

@@ -658,9 +658,19 @@ async fn the_trace_subcommand_draws_the_rollout_from_jaeger() {
             "wider than the waterfall: {line:?}"
         );
     }
+    // The spans' lines, then the split of the rollout's time.
+    let (drawn, split) = lines[2..].split_at(lines[2..].iter().take_while(|l| l.contains('│')).count());
+    let split = split.join(" ");
+    assert!(
+        split.starts_with("time by phase: CreatingStorage ")
+            && split.contains(", Downloading ")
+            && split.contains(", Serving ")
+            && split.contains("; the operator's own work: "),
+        "{stdout}"
+    );
     // The shape: the root first, then its phases and outcome one level in, in order, each
     // drawn by the operator's service, none an error.
-    let outline: Vec<(usize, &str)> = lines[2..]
+    let outline: Vec<(usize, &str)> = drawn
         .iter()
         .map(|l| {
             let indent = l.len() - l.trim_start().len();
@@ -673,12 +683,7 @@ async fn the_trace_subcommand_draws_the_rollout_from_jaeger() {
     expected.extend(PHASE_SPANS.iter().map(|p| (1, *p)));
     expected.push((1, "mlmodel.ready"));
     assert_eq!(outline, expected, "{stdout}");
-    assert!(
-        lines[2..]
-            .iter()
-            .all(|l| l.contains(OPERATOR_SERVICE) && l.contains('│')),
-        "{stdout}"
-    );
+    assert!(drawn.iter().all(|l| l.contains(OPERATOR_SERVICE)), "{stdout}");
     assert!(!stdout.contains(traceview::ERROR_MARK), "{stdout}");
     // Reconciles are drawn below the phase they happened in.
     assert!(lines.iter().any(|l| l.starts_with("    reconcile")), "{stdout}");

@@ -12,6 +12,27 @@ pub(super) fn first_line(s: &str) -> String {
     line.chars().take(1024).collect()
 }
 
+/// One line for a container's termination message, which may be a log tail: its last
+/// non-empty line (where a program's final error is), after the line that introduced the
+/// last Python traceback when there is one ("Some of the models failed to load during
+/// startup! mlserver.parallel.errors.WorkerError: builtins.KeyError: 110").
+pub(super) fn summary_line(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let Some(last) = lines.last() else {
+        return String::new();
+    };
+    let intro = lines
+        .iter()
+        .rposition(|l| *l == "Traceback (most recent call last):")
+        .and_then(|i| i.checked_sub(1))
+        .map(|i| lines[i]);
+    let line = match intro {
+        Some(intro) => format!("{intro} {last}"),
+        None => (*last).to_owned(),
+    };
+    line.chars().take(1024).collect()
+}
+
 /// Why one pod is not running as it should.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Problem {
@@ -50,7 +71,7 @@ pub(super) fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Opt
         .terminated
         .as_ref()
         .map(|t| {
-            let msg = first_line(&t.message);
+            let msg = summary_line(&t.message);
             let msg = if msg.is_empty() {
                 String::new()
             } else {
@@ -107,4 +128,37 @@ pub(super) fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Opt
         ));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary_line;
+
+    #[test]
+    fn a_termination_message_is_summed_up_by_its_last_line_and_its_tracebacks_introduction() {
+        let mlserver = "An error occurred processing a model update of type 'Load'.\n\
+                        Traceback (most recent call last):\n  File \"worker.py\", line 158\n\
+                        KeyError: 110\n\
+                        Some of the models failed to load during startup!\n\
+                        Traceback (most recent call last):\n  File \"server.py\", line 125, in start\n\
+                        mlserver.parallel.errors.WorkerError: builtins.KeyError: 110\n\n";
+        assert_eq!(
+            summary_line(mlserver),
+            "Some of the models failed to load during startup! \
+             mlserver.parallel.errors.WorkerError: builtins.KeyError: 110"
+        );
+        assert_eq!(
+            summary_line("DownloadFailed: HTTP 404 Not Found"),
+            "DownloadFailed: HTTP 404 Not Found"
+        );
+        assert_eq!(
+            summary_line("starting\nlistening\nfatal: cannot bind :8080\n"),
+            "fatal: cannot bind :8080"
+        );
+        assert_eq!(
+            summary_line("Traceback (most recent call last):\nValueError: x"),
+            "ValueError: x"
+        );
+        assert_eq!(summary_line(" \n"), "");
+    }
 }

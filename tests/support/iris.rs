@@ -102,12 +102,15 @@ pub fn infer(address: &str, model: &str) -> std::io::Result<(u16, serde_json::Va
     Ok((status, json))
 }
 
-/// The first answer of the Service. It routes to a pod once kube-proxy has programmed the
-/// pod's endpoint, which follows the pod's readiness (and so the model's Ready) by a moment.
+/// The first answer of the model server through the Service. The Service routes to a pod
+/// once kube-proxy has programmed the pod's endpoint, which follows the pod's readiness (and
+/// so the model's Ready) by a moment. Until then a connection is refused, or, on a machine
+/// whose network answers for addresses it does not know, answered by something else than
+/// MLServer, whose every answer is JSON.
 pub async fn answered(address: &str) -> (u16, serde_json::Value) {
-    super::poll_until("the Service answering", Duration::from_secs(10), || {
+    super::poll_until("the model server answering through the Service", Duration::from_secs(30), || {
         let address = address.to_owned();
-        async move { infer(&address, "iris").ok() }
+        async move { infer(&address, "iris").ok().filter(|(_, json)| !json.is_null()) }
     })
     .await
 }
