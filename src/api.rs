@@ -49,6 +49,7 @@ const MODEL_URL_PATTERN: &str = r"^(https?|s3|gs)://[^\s]+$";
 )]
 #[x_kube(validation = Rule::new("self.framework != 'custom' || (has(self.runtime) && has(self.runtime.image))").message("spec.runtime.image: required when spec.framework is 'custom'"))]
 #[x_kube(validation = Rule::new("has(self.modelURL) != has(self.modelURLFrom)").message("exactly one of spec.modelURL and spec.modelURLFrom must be set"))]
+#[x_kube(validation = Rule::new("quantity(self.storageSize).compareTo(quantity(oldSelf.storageSize)) >= 0").message("spec.storageSize: a model's volume cannot shrink, it may only grow; for a smaller volume, delete the model and create it again").field_path(".storageSize"))]
 #[serde(rename_all = "camelCase")]
 pub struct MLModelSpec {
     /// Where the model artifact is downloaded from: an `http://`, `https://`, `s3://bucket/key`
@@ -70,7 +71,8 @@ pub struct MLModelSpec {
     pub model_url_from: Option<ModelUrlSource>,
 
     /// Size of the volume that holds the model, as a Kubernetes quantity (e.g. `1Gi`, `500Mi`).
-    /// It must hold the artifact and its unpacked contents. Default `1Gi`.
+    /// It must hold the artifact and its unpacked contents. Default `1Gi`. It may grow (the
+    /// claim is expanded where its StorageClass allows it) but never shrink.
     #[serde(default = "default_storage_size")]
     #[schemars(length(max = 64), regex(pattern = QUANTITY_PATTERN))]
     pub storage_size: String,
@@ -427,7 +429,8 @@ pub struct MLModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Standard conditions: `Ready`, `Downloaded`, `Available`, `Degraded`.
+    /// Standard conditions: `Ready`, `Downloaded`, `Available`, `Degraded`; `StorageResized`
+    /// once `storageSize` has grown (`Resizing`, `Resized` or `ExpansionRefused`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 

@@ -384,7 +384,7 @@ impl ModelWriter {
         match action {
             Action::AddFinalizer => self.add_finalizer(model).await,
             Action::RemoveFinalizer => self.remove_finalizer(model).await.map(|()| None),
-            Action::ApplyPvc(o) => {
+            Action::ApplyPvc(o) | Action::ResizePvc(o) => {
                 self.apply(model, "persistentvolumeclaim", o.as_ref(), exists, |p| {
                     Some(Written::Pvc(observe::pvc(p)))
                 })

@@ -492,6 +492,37 @@ async fn invalid_manifests_are_refused_naming_the_field() {
     );
 }
 
+/// `storageSize` may grow but never shrink, whatever units each side is written in; the
+/// refusal names the field and says what to do.
+#[tokio::test]
+async fn a_storage_size_may_grow_but_never_shrink() {
+    let ns = namespace("api-storage").await;
+    let spec = |size: &str| format!("{URL}  storageSize: {size}\n");
+    let applied = try_apply(&ns, &model_yaml("sized", &spec("2Gi")));
+    assert!(applied.success, "{}", applied.describe());
+
+    for smaller in ["1Gi", "2000Mi", "2G"] {
+        let ran = try_apply(&ns, &model_yaml("sized", &spec(smaller)));
+        assert!(!ran.success, "2Gi -> {smaller} was accepted");
+        assert_contains_all(
+            &ran.stderr,
+            &[
+                "spec.storageSize",
+                "cannot shrink",
+                "delete the model and create it again",
+            ],
+            &format!("the refusal of 2Gi -> {smaller}"),
+        );
+    }
+    assert_eq!(get_json(&ns, "sized")["spec"]["storageSize"], "2Gi");
+
+    for same_or_larger in ["2048Mi", "3Gi", "3.5Gi"] {
+        let ran = try_apply(&ns, &model_yaml("sized", &spec(same_or_larger)));
+        assert!(ran.success, "-> {same_or_larger}: {}", ran.describe());
+        assert_eq!(get_json(&ns, "sized")["spec"]["storageSize"], same_or_larger);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // kubectl get
 // ---------------------------------------------------------------------------------------------

@@ -250,6 +250,96 @@ async fn zero_replicas_is_a_clearly_reported_ready_state() {
     );
 }
 
+/// A larger `storageSize`: the default class cannot expand, so that claim keeps its size and
+/// the `StorageResized` condition quotes the API server; a class that allows expansion takes
+/// the new request, and the condition waits for the storage provider. Neither model stops
+/// being Ready.
+#[tokio::test]
+async fn a_larger_storage_size_expands_the_claim_where_its_class_allows_it() {
+    let ns = setup("resize").await;
+    let class = format!("{}-expandable", ns.name);
+    support::cluster().apply_yaml(
+        None,
+        &format!(
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: {class}\n\
+             provisioner: kubernetes.io/host-path\nallowVolumeExpansion: true\nvolumeBindingMode: Immediate\n"
+        ),
+    );
+    let storage = format!("  storage:\n    storageClassName: {class}\n");
+    ns.apply_yaml(&format!(
+        "{}---\n{}",
+        model_yaml("fixed", "  storageSize: 1Gi\n"),
+        model_yaml("grows", &format!("  storageSize: 1Gi\n{storage}"))
+    ));
+    let models = ns.api::<MLModel>();
+    for name in ["fixed", "grows"] {
+        support::wait_for(&models, name, TIMEOUT, is_ready).await;
+        let patch = serde_json::json!({"spec": {"storageSize": "2Gi"}});
+        models
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+    let requested = |claim: PersistentVolumeClaim| {
+        claim
+            .spec
+            .and_then(|s| s.resources)
+            .and_then(|r| r.requests)
+            .map(|r| r["storage"].0.clone())
+    };
+    let resized = |m: &MLModel| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "StorageResized"))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+
+    let fixed = support::wait_for(&models, "fixed", TIMEOUT, |m| {
+        resized(m).is_some_and(|(_, reason, _)| reason == "ExpansionRefused")
+    })
+    .await;
+    let (status, _, message) = resized(&fixed).unwrap();
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with("volume fixed-model stays at 1Gi: expanding it to 2Gi was refused: ")
+            && message.contains("the storageclass that provisions the pvc must support resize"),
+        "{message}"
+    );
+    assert!(
+        is_ready(&fixed),
+        "a refused expansion never takes the model down: {:?}",
+        fixed.status
+    );
+    let claims = ns.api::<PersistentVolumeClaim>();
+    assert_eq!(
+        requested(claims.get("fixed-model").await.unwrap()).as_deref(),
+        Some("1Gi")
+    );
+
+    let grows = support::wait_for(&models, "grows", TIMEOUT, |m| {
+        resized(m).is_some_and(|(_, reason, message)| reason == "Resizing" && message.contains("of the 2Gi asked for"))
+    })
+    .await;
+    assert_eq!(
+        resized(&grows).unwrap().2,
+        "volume grows-model has 1Gi of the 2Gi asked for; the storage provider is expanding it"
+    );
+    assert!(is_ready(&grows), "{:?}", grows.status);
+    assert_eq!(
+        requested(claims.get("grows-model").await.unwrap()).as_deref(),
+        Some("2Gi")
+    );
+
+    // A refused expansion is a condition, not a failure: no Warning Event.
+    let events = events_for(&ns, "fixed").await;
+    assert!(
+        events.iter().all(|e| e.type_.as_deref() != Some("Warning")),
+        "{:?}",
+        events.iter().map(|e| e.note.clone()).collect::<Vec<_>>()
+    );
+    support::cluster().kubectl_ok(&["delete", "storageclass", &class]);
+}
+
 #[tokio::test]
 async fn a_spec_change_rolls_out_the_new_generation() {
     let ns = setup("update").await;

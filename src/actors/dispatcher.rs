@@ -438,11 +438,28 @@ fn trim_meta(meta: &mut ObjectMeta) {
 }
 
 fn trim_pvc(p: &mut PersistentVolumeClaim) {
+    use k8s_openapi::api::core::v1::{
+        PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements,
+    };
+    let storage = |list: Option<
+        &mut std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >| {
+        list.and_then(|l| l.remove("storage"))
+            .map(|q| std::collections::BTreeMap::from([("storage".to_owned(), q)]))
+    };
     trim_meta(&mut p.metadata);
-    p.spec = None;
+    // The requested size and the capacity: what an expansion compares.
+    p.spec = p.spec.take().map(|mut s| PersistentVolumeClaimSpec {
+        resources: Some(VolumeResourceRequirements {
+            requests: storage(s.resources.as_mut().and_then(|r| r.requests.as_mut())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     if let Some(s) = p.status.as_mut() {
-        *s = k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
+        *s = PersistentVolumeClaimStatus {
             phase: s.phase.take(),
+            capacity: storage(s.capacity.as_mut()),
             ..Default::default()
         };
     }

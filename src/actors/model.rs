@@ -50,6 +50,9 @@ pub struct ModelState {
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<ModelMsg>>>>,
     retries: u32,
     trace: RolloutTrace,
+    /// The `storageSize` the API server refused to expand the claim to, with its message;
+    /// not asked again until `storageSize` changes.
+    resize_refused: Option<(String, String)>,
 }
 
 /// Parses the cached untyped object into an MLModel.
@@ -89,9 +92,11 @@ impl ModelState {
         });
         for (w, _) in &self.in_flight {
             match &w.written {
-                Written::Pvc(p) => {
-                    observed.pvc.get_or_insert_with(|| p.clone());
-                }
+                Written::Pvc(p) => match observed.pvc.as_mut() {
+                    // An expansion written and not seen yet: not asked for again.
+                    Some(cached) => cached.requested.clone_from(&p.requested),
+                    None => observed.pvc = Some(p.clone()),
+                },
                 Written::Job(j) => {
                     if !observed.jobs.iter().any(|x| x.name == j.name) {
                         observed.jobs.push(j.clone());
@@ -109,6 +114,7 @@ impl ModelState {
                 Written::Finalizer => {}
             }
         }
+        observed.resize_refused.clone_from(&self.resize_refused);
         observed.now = Timestamp::now();
         observed
     }
@@ -117,7 +123,7 @@ impl ModelState {
 /// Whether the caches (or a write in flight) show the child `action` applies.
 fn child_exists(observed: &Observed, action: &Action) -> bool {
     match action {
-        Action::ApplyPvc(_) => observed.pvc.is_some(),
+        Action::ApplyPvc(_) | Action::ResizePvc(_) => observed.pvc.is_some(),
         Action::ApplyJob(j) => observed.jobs.iter().any(|x| Some(&x.name) == j.metadata.name.as_ref()),
         Action::ApplyDeployment(_) => observed.deployment.is_some(),
         Action::ApplyService(_) => observed.service.is_some(),
@@ -147,6 +153,7 @@ impl Actor for ModelActor {
             timer: None,
             retries: 0,
             trace: RolloutTrace::default(),
+            resize_refused: None,
         };
         state.schedule(&myself);
         Ok(state)
@@ -289,6 +296,15 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
         let mut failed = None;
         for (action, result) in batch.into_iter().zip(results) {
             match result {
+                // A claim its StorageClass cannot expand: the model goes on with the volume it
+                // has, and the status says why it did not grow.
+                Err(error @ (ClusterError::Refused { .. } | ClusterError::Rejected { .. }))
+                    if matches!(action, Action::ResizePvc(_)) =>
+                {
+                    tracing::warn!(model = %state.key, %error, "the model's volume cannot be expanded");
+                    state.resize_refused = Some((model.spec.storage_size.clone(), error.to_string()));
+                    state.schedule(myself);
+                }
                 // The writes that did succeed are remembered all the same.
                 Err(error) => failed = failed.or(Some(error)),
                 Ok(Some(written)) => state.in_flight.push((written, Instant::now())),

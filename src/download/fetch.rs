@@ -7,7 +7,7 @@ use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use std::io::Write;
 use tracing::{info, warn};
 
 use super::archive::Limits;
@@ -126,28 +126,38 @@ async fn fetch_once(
     let out = tokio::fs::File::create(file)
         .await
         .map_err(|e| io_error("cannot create", &e))?;
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, out);
-    let mut hasher = Sha256::new();
+    let (chunks, sink) = sink(out.into_std().await);
     let mut progress = Progress::new(expected);
-
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            let mut failure = classify(&e, None, shown);
-            // Whatever breaks mid-body (reset, EOF before Content-Length) is worth a retry.
-            failure.transient = true;
-            if let DownloadError::Unavailable(message) = &mut failure.error {
-                *message = format!("{message} after {} of {expected} bytes", progress.bytes);
+    let received = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                let mut failure = classify(&e, None, shown);
+                // Whatever breaks mid-body (reset, EOF before Content-Length) is worth a retry.
+                failure.transient = true;
+                if let DownloadError::Unavailable(message) = &mut failure.error {
+                    *message = format!("{message} after {} of {expected} bytes", progress.bytes);
+                }
+                failure
+            })?;
+            if over(progress.bytes + chunk.len() as u64) {
+                return Err(too_big());
             }
-            failure
-        })?;
-        if over(progress.bytes + chunk.len() as u64) {
-            return Err(too_big());
+            let len = chunk.len() as u64;
+            // Closed: the sink stopped on a write error, which its result tells.
+            if chunks.send(chunk).await.is_err() {
+                break;
+            }
+            progress.advance(len);
         }
-        hasher.update(&chunk);
-        out.write_all(&chunk).await.map_err(|e| io_error("cannot write", &e))?;
-        progress.advance(chunk.len() as u64);
+        Ok(())
     }
-    out.flush().await.map_err(|e| io_error("cannot write", &e))?;
+    .await;
+    // The sink finishes before this attempt ends, so that a retry's truncated file never
+    // receives bytes of this one.
+    drop(chunks);
+    let written = sink.await.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    received?;
+    let sha256 = written.map_err(|e| io_error("cannot write", &e))?;
 
     if progress.bytes != expected {
         return Err(AttemptError::transient(format!(
@@ -156,7 +166,33 @@ async fn fetch_once(
         )));
     }
     progress.finish();
-    Ok((progress.bytes, hex::encode(hasher.finalize())))
+    Ok((progress.bytes, sha256))
+}
+
+/// Chunks of the body in flight between the network and the disk.
+const SINK_CHUNKS: usize = 16;
+
+/// Hashes and writes chunks sent to it on a blocking thread, so that the network is read
+/// while earlier bytes are hashed and written; returns the hex SHA-256 once the channel
+/// closes, or the first write error.
+fn sink<C: AsRef<[u8]> + Send + 'static>(
+    file: std::fs::File,
+) -> (
+    tokio::sync::mpsc::Sender<C>,
+    tokio::task::JoinHandle<std::io::Result<String>>,
+) {
+    let (chunks, mut received) = tokio::sync::mpsc::channel::<C>(SINK_CHUNKS);
+    let sink = tokio::task::spawn_blocking(move || {
+        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = received.blocking_recv() {
+            hasher.update(chunk.as_ref());
+            out.write_all(chunk.as_ref())?;
+        }
+        out.flush()?;
+        Ok(hex::encode(hasher.finalize()))
+    });
+    (chunks, sink)
 }
 
 /// Throughput reporting for one attempt.

@@ -75,6 +75,9 @@ pub enum Action {
     RemoveFinalizer,
     /// Server-side apply the PVC.
     ApplyPvc(Box<PersistentVolumeClaim>),
+    /// Server-side apply the existing PVC with a larger storage request, to expand it. A
+    /// refusal (a StorageClass that cannot expand) is reported, never a failure of the model.
+    ResizePvc(Box<PersistentVolumeClaim>),
     /// Server-side apply a download Job.
     ApplyJob(Box<Job>),
     /// Server-side apply the serving Deployment.
@@ -219,6 +222,13 @@ pub mod reason {
     pub const OOM_KILLED: &str = "OOMKilled";
     /// A serving pod failed for good.
     pub const POD_FAILED: &str = "PodFailed";
+    /// `StorageResized`: the claim is being expanded to the new `storageSize`.
+    pub const RESIZING: &str = "Resizing";
+    /// `StorageResized`: the claim has the size `storageSize` asks for.
+    pub const RESIZED: &str = "Resized";
+    /// `StorageResized`: the API server refused to expand the claim (its StorageClass does
+    /// not allow expansion, for one); the model goes on with the volume it has.
+    pub const EXPANSION_REFUSED: &str = "ExpansionRefused";
 
     /// Every reason a failure can carry (besides a kubelet's own waiting reason, passed
     /// through): README's troubleshooting table has one row for each, and a test holds the two

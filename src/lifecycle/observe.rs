@@ -30,6 +30,8 @@ pub struct Observed {
     /// Objects (`kind/name`) with the model's labels or a child's name that neither this model
     /// nor a previous one of its name owns.
     pub foreign: Vec<String>,
+    /// The `storageSize` the API server refused to expand the claim to, with its message.
+    pub resize_refused: Option<(String, String)>,
 }
 
 impl Observed {
@@ -50,6 +52,10 @@ pub struct PvcObs {
     pub phase: String,
     /// Deletion requested.
     pub deleting: bool,
+    /// The storage it requests (`spec.resources.requests.storage`).
+    pub requested: Option<String>,
+    /// The storage its volume has (`status.capacity.storage`), once bound.
+    pub capacity: Option<String>,
 }
 
 /// A download Job.
@@ -144,6 +150,19 @@ pub fn pvc(p: &PersistentVolumeClaim) -> PvcObs {
             .and_then(|s| s.phase.clone())
             .unwrap_or_else(|| "Pending".to_owned()),
         deleting: p.metadata.deletion_timestamp.is_some(),
+        requested: p
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone()),
+        capacity: p
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("storage"))
+            .map(|q| q.0.clone()),
     }
 }
 

@@ -194,8 +194,14 @@ impl Report {
 }
 
 fn condition_rank(type_: &str) -> usize {
-    ["Ready", "Downloaded", "Available", "Degraded"]
-        .iter()
-        .position(|t| *t == type_)
-        .unwrap_or(usize::MAX)
+    [
+        "Ready",
+        "Downloaded",
+        "Available",
+        "Degraded",
+        super::storage::CONDITION,
+    ]
+    .iter()
+    .position(|t| *t == type_)
+    .unwrap_or(usize::MAX)
 }

@@ -2,6 +2,7 @@
 
 use kube::ResourceExt;
 
+use super::observe::PvcObs;
 use super::{Action, Observed, Plan, reason};
 use crate::api::MLModel;
 use crate::resources;
@@ -41,6 +42,63 @@ pub(super) fn storage(model: &MLModel, observed: &Observed, plan: &mut Plan) -> 
             resources::pvc_name(&model.name_any()),
             pvc.phase
         )),
-        Some(_) => Storage::Bound,
+        Some(pvc) => {
+            if !pvc.deleting {
+                resize(model, pvc, observed.resize_refused.as_ref(), plan);
+            }
+            Storage::Bound
+        }
     }
 }
+
+/// Grows the bound claim to a larger `storageSize` (the schema refuses a smaller one), and
+/// says in the `StorageResized` condition how that goes: asked, refused by the API server
+/// (the model goes on with the volume it has), waiting for the volume to grow, done.
+fn resize(model: &MLModel, pvc: &PvcObs, refused: Option<&(String, String)>, plan: &mut Plan) {
+    let wanted = &model.spec.storage_size;
+    let bytes = |q: Option<&String>| q.and_then(|q| resources::quantity_bytes(q));
+    let (Some(wanted_bytes), Some(requested_bytes)) = (bytes(Some(wanted)), bytes(pvc.requested.as_ref())) else {
+        return;
+    };
+    let requested = pvc.requested.as_deref().unwrap_or_default();
+    let capacity = pvc.capacity.as_deref().unwrap_or(requested);
+    let name = resources::pvc_name(&model.name_any());
+    let report = &mut plan.report;
+    if wanted_bytes > requested_bytes {
+        match refused.filter(|(size, _)| size == wanted) {
+            Some((_, message)) => report.condition(
+                CONDITION,
+                false,
+                reason::EXPANSION_REFUSED,
+                &format!("volume {name} stays at {capacity}: expanding it to {wanted} was refused: {message}"),
+            ),
+            None => {
+                plan.actions
+                    .push(Action::ResizePvc(Box::new(resources::persistent_volume_claim(model))));
+                report.condition(
+                    CONDITION,
+                    false,
+                    reason::RESIZING,
+                    &format!("expanding volume {name} from {requested} to {wanted}"),
+                );
+            }
+        }
+    } else if bytes(Some(&capacity.to_owned())).is_some_and(|c| c < requested_bytes) {
+        report.condition(
+            CONDITION,
+            false,
+            reason::RESIZING,
+            &format!("volume {name} has {capacity} of the {requested} asked for; the storage provider is expanding it"),
+        );
+    } else if report.status.conditions.iter().any(|c| c.type_ == CONDITION) {
+        report.condition(
+            CONDITION,
+            true,
+            reason::RESIZED,
+            &format!("volume {name} has {capacity}"),
+        );
+    }
+}
+
+/// The condition an expansion of the model's volume is reported in.
+pub const CONDITION: &str = "StorageResized";

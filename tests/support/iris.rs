@@ -108,10 +108,14 @@ pub fn infer(address: &str, model: &str) -> std::io::Result<(u16, serde_json::Va
 /// whose network answers for addresses it does not know, answered by something else than
 /// MLServer, whose every answer is JSON.
 pub async fn answered(address: &str) -> (u16, serde_json::Value) {
-    super::poll_until("the model server answering through the Service", Duration::from_secs(30), || {
-        let address = address.to_owned();
-        async move { infer(&address, "iris").ok().filter(|(_, json)| !json.is_null()) }
-    })
+    super::poll_until(
+        "the model server answering through the Service",
+        Duration::from_secs(30),
+        || {
+            let address = address.to_owned();
+            async move { infer(&address, "iris").ok().filter(|(_, json)| !json.is_null()) }
+        },
+    )
     .await
 }
 

@@ -109,6 +109,8 @@ fn pvc(phase: &str) -> Option<PvcObs> {
     Some(PvcObs {
         phase: phase.to_owned(),
         deleting: false,
+        requested: None,
+        capacity: None,
     })
 }
 
@@ -246,6 +248,7 @@ fn summary(actions: &[Action]) -> Vec<String> {
             Action::AddFinalizer => "AddFinalizer".to_owned(),
             Action::RemoveFinalizer => "RemoveFinalizer".to_owned(),
             Action::ApplyPvc(p) => format!("ApplyPvc {}", p.name_any()),
+            Action::ResizePvc(p) => format!("ResizePvc {}", p.name_any()),
             Action::ApplyJob(j) => format!("ApplyJob {}", j.name_any()),
             Action::ApplyDeployment(d) => format!("ApplyDeployment {}", d.name_any()),
             Action::ApplyService(s) => format!("ApplyService {}", s.name_any()),

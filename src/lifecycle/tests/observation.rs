@@ -384,15 +384,24 @@ fn observe_reads_the_objects_the_builders_make() {
     assert_eq!(observe::service(&service), service_of(&m));
 
     let claim = resources::persistent_volume_claim(&m);
-    assert_eq!(observe::pvc(&claim), pvc("Pending").unwrap());
+    let asked = |phase: &str, capacity: Option<&str>| PvcObs {
+        requested: Some(m.spec.storage_size.clone()),
+        capacity: capacity.map(str::to_owned),
+        ..pvc(phase).unwrap()
+    };
+    assert_eq!(observe::pvc(&claim), asked("Pending", None));
     let bound = PersistentVolumeClaim {
         status: Some(PersistentVolumeClaimStatus {
             phase: Some("Bound".to_owned()),
+            capacity: Some(std::collections::BTreeMap::from([(
+                "storage".to_owned(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".to_owned()),
+            )])),
             ..Default::default()
         }),
         ..claim
     };
-    assert_eq!(observe::pvc(&bound), pvc("Bound").unwrap());
+    assert_eq!(observe::pvc(&bound), asked("Bound", Some("2Gi")));
 }
 
 #[test]
@@ -420,10 +429,7 @@ fn an_observed_world_is_decided_the_same_as_its_summaries() {
         vec![container("server", ContainerState::default(), None, 0)],
     );
     let observed = Observed {
-        pvc: Some(PvcObs {
-            phase: "Bound".to_owned(),
-            deleting: false,
-        }),
+        pvc: pvc("Bound"),
         jobs: observe::job(&job).into_iter().collect(),
         pods: vec![observe::pod(&pod)],
         deployment: Some(observe::deployment(&resources::with_spec_hash(
