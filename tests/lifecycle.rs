@@ -340,6 +340,68 @@ async fn a_larger_storage_size_expands_the_claim_where_its_class_allows_it() {
     support::cluster().kubectl_ok(&["delete", "storageclass", &class]);
 }
 
+/// A ResourceQuota that lets the Deployment create one serving pod of two: the model stays
+/// Ready for what serves and says it is degraded, in the quota's words from the Deployment's
+/// `ReplicaFailure` condition; raising the quota lets the Deployment go on by itself.
+#[tokio::test]
+async fn pods_the_deployment_cannot_create_are_reported_in_the_quotas_words() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+
+    let ns = setup("pod-quota").await;
+    ns.apply_yaml("apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: pods\nspec:\n  hard:\n    pods: \"1\"\n");
+    // Admission only enforces a quota once the quota controller has computed its usage.
+    support::wait_for(&ns.api::<ResourceQuota>(), "pods", TIMEOUT, |q| {
+        q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some()
+    })
+    .await;
+    ns.apply_yaml(&model_yaml("capped", ""));
+    let models = ns.api::<MLModel>();
+    support::wait_for(&models, "capped", TIMEOUT, is_ready).await;
+
+    let patch = serde_json::json!({"spec": {"replicas": 2}});
+    models
+        .patch("capped", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let degraded = |m: &MLModel| {
+        m.status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == "Degraded" && c.status == "True")
+            })
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let m = support::wait_for(&models, "capped", TIMEOUT, |m| degraded(m).is_some()).await;
+    let (reason, message) = degraded(&m).unwrap();
+    assert_eq!(reason, "QuotaExceeded", "{message}");
+    assert!(
+        message.starts_with("deployment capped-serving: FailedCreate: pods \"capped-serving-")
+            && message.contains("is forbidden: exceeded quota: pods, requested: pods=1, used: pods=1, limited: pods=1"),
+        "{message}"
+    );
+    let status = m.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(Phase::Serving), "{status:?}");
+    assert_eq!(status.ready.as_deref(), Some("1/2"));
+    assert_eq!(
+        condition(&m, "Available"),
+        Some(("True".to_owned(), "Progressing".to_owned()))
+    );
+
+    ns.api::<ResourceQuota>()
+        .patch(
+            "pods",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "hard": { "pods": "2" } } })),
+        )
+        .await
+        .unwrap();
+    let m = support::wait_for(&models, "capped", Duration::from_secs(120), is_ready).await;
+    assert_eq!(m.status.as_ref().unwrap().ready.as_deref(), Some("2/2"));
+    assert_eq!(degraded(&m), None);
+}
+
 #[tokio::test]
 async fn a_spec_change_rolls_out_the_new_generation() {
     let ns = setup("update").await;

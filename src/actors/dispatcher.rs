@@ -519,8 +519,22 @@ fn trim_deployment(d: &mut Deployment) {
         };
     }
     if let Some(s) = d.status.as_mut() {
+        // The conditions that tell why it cannot go on, without their timestamps.
+        let conditions = s.conditions.take().map(|list| {
+            list.into_iter()
+                .filter(|c| c.type_ == "ReplicaFailure" || (c.type_ == "Progressing" && c.status == "False"))
+                .map(|c| k8s_openapi::api::apps::v1::DeploymentCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>()
+        });
         *s = k8s_openapi::api::apps::v1::DeploymentStatus {
             ready_replicas: s.ready_replicas,
+            conditions: conditions.filter(|c| !c.is_empty()),
             ..Default::default()
         };
     }

@@ -222,6 +222,11 @@ pub mod reason {
     pub const OOM_KILLED: &str = "OOMKilled";
     /// A serving pod failed for good.
     pub const POD_FAILED: &str = "PodFailed";
+    /// The Deployment cannot create the serving pods, for a cause other than a quota or an
+    /// admission check (its `ReplicaFailure` condition's reason).
+    pub const FAILED_CREATE: &str = "FailedCreate";
+    /// The Deployment's rollout passed its progress deadline (its `Progressing` condition).
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
     /// `StorageResized`: the claim is being expanded to the new `storageSize`.
     pub const RESIZING: &str = "Resizing";
     /// `StorageResized`: the claim has the size `storageSize` asks for.
@@ -241,6 +246,8 @@ pub mod reason {
         CRASH_LOOP_BACK_OFF,
         OOM_KILLED,
         POD_FAILED,
+        FAILED_CREATE,
+        PROGRESS_DEADLINE_EXCEEDED,
         VOLUME_LOST,
         QUOTA_EXCEEDED,
         ADMISSION_DENIED,

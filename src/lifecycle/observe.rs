@@ -126,6 +126,10 @@ pub struct DeploymentObs {
     pub ready_replicas: i32,
     /// Deletion requested.
     pub deleting: bool,
+    /// Why the Deployment's controller cannot go on, in its own words: its `ReplicaFailure`
+    /// condition (pods it cannot create: quota, admission) or a `Progressing` condition past
+    /// its deadline, as (reason, message).
+    pub stalled: Option<(String, String)>,
 }
 
 /// The Service.
@@ -253,6 +257,26 @@ pub fn deployment(d: &Deployment) -> DeploymentObs {
         spec_hash: d.annotations().get(SPEC_HASH_ANNOTATION).cloned(),
         ready_replicas: d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
         deleting: d.metadata.deletion_timestamp.is_some(),
+        stalled: d
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|conditions| {
+                let found = |type_: &str, status: &str| {
+                    conditions
+                        .iter()
+                        .find(|c| c.type_ == type_ && c.status == status)
+                        .map(|c| {
+                            (
+                                c.reason.clone().unwrap_or_default(),
+                                c.message.clone().unwrap_or_default(),
+                            )
+                        })
+                };
+                found("ReplicaFailure", "True").or_else(|| {
+                    found("Progressing", "False").filter(|(reason, _)| reason == "ProgressDeadlineExceeded")
+                })
+            }),
     }
 }
 

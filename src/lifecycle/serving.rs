@@ -2,8 +2,9 @@
 
 use kube::ResourceExt;
 
+use super::observe::DeploymentObs;
 use super::pods::{Problem, diagnose};
-use super::{Action, ChildRef, Observed, Plan, PodObs, Settings};
+use super::{Action, ChildRef, Observed, Plan, PodObs, Settings, reason};
 use crate::api::{MLModel, Phase};
 use crate::resources;
 
@@ -43,6 +44,15 @@ pub(super) fn serve(model: &MLModel, observed: &Observed, settings: &Settings, v
         .filter_map(|p| diagnose(p, observed.now, settings))
         .collect();
     problems.sort_by(|a, b| a.pod.cmp(&b.pod));
+    // What the pods cannot tell: pods the Deployment cannot create, a rollout past its
+    // deadline. After the pods' own problems, which are more precise; and only while pods are
+    // missing, since the Deployment clears its condition a moment after they come.
+    if up_to_date
+        && ready < replicas
+        && let Some(stalled) = observed.deployment.as_ref().and_then(|d| stalled(model, d))
+    {
+        problems.push(stalled);
+    }
     for after in problems.iter().filter(|p| !p.fatal).filter_map(|p| p.fatal_in) {
         requeue.at(after);
     }
@@ -117,6 +127,28 @@ pub(super) fn serving_of_previous_version(model: &MLModel, observed: &Observed, 
     if ready > 0 {
         report.status.service_endpoint = report.endpoint.clone();
     }
+}
+
+/// Why the Deployment cannot go on, as a problem in the cluster's own words: pods it cannot
+/// create (a quota, an admission check: the reason a refused write of the operator's would
+/// get; anything else `FailedCreate`), or `ProgressDeadlineExceeded`.
+fn stalled(model: &MLModel, deployment: &DeploymentObs) -> Option<Problem> {
+    let (why, message) = deployment.stalled.as_ref()?;
+    let reason = match why.as_str() {
+        reason::PROGRESS_DEADLINE_EXCEEDED => reason::PROGRESS_DEADLINE_EXCEEDED,
+        _ => match super::refusal_reason(message) {
+            reason::FORBIDDEN => reason::FAILED_CREATE,
+            other => other,
+        },
+    };
+    let name = resources::deployment_name(&model.name_any());
+    Some(Problem {
+        pod: name.clone(),
+        reason: reason.to_owned(),
+        message: format!("deployment {name}: {why}: {message}"),
+        fatal: true,
+        fatal_in: None,
+    })
 }
 
 /// `Available` when the spec cannot be acted on: whatever serves now goes on serving.

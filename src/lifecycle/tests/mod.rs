@@ -151,6 +151,7 @@ fn deployment_of(m: &MLModel, version: i64) -> DeploymentObs {
         spec_hash: resources::spec_hash(&desired).cloned(),
         ready_replicas: 0,
         deleting: false,
+        stalled: None,
     }
 }
 

@@ -402,6 +402,52 @@ fn observe_reads_the_objects_the_builders_make() {
         ..claim
     };
     assert_eq!(observe::pvc(&bound), asked("Bound", Some("2Gi")));
+
+    let mut stalled = deployment.clone();
+    stalled.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+        conditions: Some(vec![
+            k8s_openapi::api::apps::v1::DeploymentCondition {
+                type_: "Progressing".to_owned(),
+                status: "True".to_owned(),
+                reason: Some("ReplicaSetUpdated".to_owned()),
+                ..Default::default()
+            },
+            k8s_openapi::api::apps::v1::DeploymentCondition {
+                type_: "ReplicaFailure".to_owned(),
+                status: "True".to_owned(),
+                reason: Some("FailedCreate".to_owned()),
+                message: Some("pods \"x\" is forbidden: exceeded quota: pods".to_owned()),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    });
+    assert_eq!(
+        observe::deployment(&stalled).stalled,
+        Some((
+            "FailedCreate".to_owned(),
+            "pods \"x\" is forbidden: exceeded quota: pods".to_owned()
+        ))
+    );
+    let progressing = |status: &str, reason: &str| {
+        let mut d = deployment.clone();
+        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            conditions: Some(vec![k8s_openapi::api::apps::v1::DeploymentCondition {
+                type_: "Progressing".to_owned(),
+                status: status.to_owned(),
+                reason: Some(reason.to_owned()),
+                message: Some("ReplicaSet \"x\" has timed out progressing.".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        observe::deployment(&d).stalled.map(|(reason, _)| reason)
+    };
+    assert_eq!(
+        progressing("False", "ProgressDeadlineExceeded").as_deref(),
+        Some("ProgressDeadlineExceeded")
+    );
+    assert_eq!(progressing("True", "NewReplicaSetAvailable"), None);
 }
 
 #[test]

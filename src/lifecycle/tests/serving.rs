@@ -528,3 +528,76 @@ fn a_failure_seen_again_keeps_its_time() {
     assert_eq!(d.status.conditions, first.conditions);
     assert_eq!(transition_event(Some(&first), &d.status), None);
 }
+
+/// What only the Deployment knows: pods it cannot create, a rollout past its deadline. Told in
+/// its own words, after any problem the pods show themselves.
+#[test]
+fn a_deployment_that_cannot_go_on_is_reported_in_its_own_words() {
+    let quota = "pods \"iris-serving-7d9f-x2\" is forbidden: exceeded quota: pods, requested: pods=1, used: \
+                 pods=1, limited: pods=1";
+    let stalled = |m: &MLModel, pods: Vec<PodObs>, why: &str, message: &str| {
+        let mut observed = serving(m, 1, pods);
+        observed.deployment.as_mut().unwrap().stalled = Some((why.to_owned(), message.to_owned()));
+        decide(m, &observed, &settings())
+    };
+    let mut m = model();
+    m.spec.replicas = 2;
+
+    // One pod serves, the second cannot be created: degraded, in the quota's words.
+    let d = stalled(&m, vec![ready_pod("iris-serving-a", 1)], "FailedCreate", quota);
+    assert_eq!(d.status.phase, Some(Phase::Serving));
+    let degraded = condition(&d.status, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "QuotaExceeded")
+    );
+    assert!(
+        degraded
+            .message
+            .contains(&format!("deployment iris-serving: FailedCreate: {quota}")),
+        "{}",
+        degraded.message
+    );
+    assert!(message(&d).contains("1/2 pods ready"), "{}", message(&d));
+
+    // No pod at all: the model fails with that reason, and recovers when pods come (the
+    // Deployment retries by itself).
+    for (why, text, reason) in [
+        ("FailedCreate", quota, "QuotaExceeded"),
+        (
+            "FailedCreate",
+            "pods \"iris-serving-7d9f-x2\" is forbidden: error looking up service account ml/iris-server: \
+             serviceaccount \"iris-server\" not found",
+            "FailedCreate",
+        ),
+        (
+            "ProgressDeadlineExceeded",
+            "ReplicaSet \"iris-serving-7d9f\" has timed out progressing.",
+            "ProgressDeadlineExceeded",
+        ),
+    ] {
+        let d = stalled(&m, Vec::new(), why, text);
+        assert_eq!(d.status.phase, Some(Phase::Failed), "{why}: {text}");
+        assert_eq!(last_failure(&d).reason, reason, "{text}");
+        assert_eq!(message(&d), format!("deployment iris-serving: {why}: {text}"));
+        let recovered = decide(
+            &with_status(&m, d.status),
+            &serving(
+                &m,
+                1,
+                vec![ready_pod("iris-serving-a", 1), ready_pod("iris-serving-b", 1)],
+            ),
+            &settings(),
+        );
+        assert_eq!(recovered.status.phase, Some(Phase::Ready), "{reason}");
+    }
+
+    // A pod's own problem is the more precise one.
+    let d = stalled(
+        &m,
+        vec![crash_looping("iris-serving-a", 5, ("Error", 1))],
+        "ProgressDeadlineExceeded",
+        "ReplicaSet \"iris-serving-7d9f\" has timed out progressing.",
+    );
+    assert_eq!(last_failure(&d).reason, "CrashLoopBackOff");
+}
