@@ -701,6 +701,44 @@ async fn kubectl_apply_k_runs_two_replicas_that_keep_a_model_served_through_lead
 }
 
 /// Uninstalls the release (if the test did not) and removes what a failed test left.
+/// `observability/jaeger.yaml` applied as a user applies it, its image (the official one's
+/// name) built from Jaeger's Go module and imported into the node; deleted when dropped.
+struct InClusterJaeger(&'static TestCluster);
+
+impl InClusterJaeger {
+    fn apply(cluster: &'static TestCluster) -> Self {
+        let images = repo().join("tests/cluster/images.sh");
+        for step in ["build", "import"] {
+            support::run_ok(std::process::Command::new(&images).args([step, "jaeger"]));
+        }
+        let manifest = repo().join("observability/jaeger.yaml").display().to_string();
+        cluster.kubectl_ok(&["apply", "-f", &manifest]);
+        let jaeger = Self(cluster);
+        rollout_status(cluster, "observability", "jaeger");
+        jaeger
+    }
+
+    /// `<ClusterIP>:<port>` of one of its Services.
+    async fn address(client: &Client, service: &str, port: u16) -> String {
+        let svc = Api::<Service>::namespaced(client.clone(), "observability")
+            .get(service)
+            .await
+            .expect("Jaeger's Service");
+        format!("{}:{port}", svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP"))
+    }
+}
+
+impl Drop for InClusterJaeger {
+    fn drop(&mut self) {
+        let manifest = repo().join("observability/jaeger.yaml").display().to_string();
+        let _ = self
+            .0
+            .kubectl()
+            .args(["delete", "-f", &manifest, "--ignore-not-found", "--wait=false"])
+            .output();
+    }
+}
+
 struct HelmRelease(&'static TestCluster);
 
 impl Drop for HelmRelease {
@@ -737,11 +775,20 @@ async fn the_helm_chart_installs_upgrades_and_uninstalls_with_a_model_ready_betw
     let ns = support::node_namespace("install-helm", true).await;
     let client = cluster.client().await;
     let chart = chart();
+    // The traces go to the Jaeger of observability/jaeger.yaml, by its collector's ClusterIP
+    // (the test bed has no cluster DNS to resolve the chart's default name).
+    let _jaeger = InClusterJaeger::apply(cluster);
+    let collector = InClusterJaeger::address(&client, "jaeger-collector", 4317).await;
+    let query = format!(
+        "http://{}",
+        InClusterJaeger::address(&client, "jaeger-query", 16686).await
+    );
     let _release = HelmRelease(cluster);
 
     let started = Instant::now();
     let repository = format!("image.repository={REPOSITORY}");
     let name = format!("fullnameOverride={HELM_NAME}");
+    let otel = format!("otel.endpoint=http://{collector}");
     cluster.helm_ok(&[
         "install",
         RELEASE,
@@ -753,6 +800,8 @@ async fn the_helm_chart_installs_upgrades_and_uninstalls_with_a_model_ready_betw
         &repository,
         "--set",
         &name,
+        "--set",
+        &otel,
         "--wait",
         "--timeout=240s",
     ]);
@@ -774,6 +823,46 @@ async fn the_helm_chart_installs_upgrades_and_uninstalls_with_a_model_ready_betw
         started.elapsed().as_secs_f64()
     );
     serves(&ns, "v1").await;
+    // The rollout is one trace in that Jaeger: the operator's spans from its pod, the
+    // downloader's from the Job's pod, both through the collector's Service.
+    let trace_id = models
+        .get("iris")
+        .await
+        .expect("the model")
+        .status
+        .and_then(|s| s.trace_id)
+        .expect("status.traceId");
+    let spans = poll_until(
+        "the rollout's trace in the Jaeger of observability/jaeger.yaml",
+        Duration::from_secs(60),
+        || {
+            let (query, trace_id) = (query.clone(), trace_id.clone());
+            async move {
+                let spans = mlmodel_operator::traceview::fetch_trace(&query, &trace_id).await.ok()?;
+                let has = |name: &str| spans.iter().any(|s| s.name == name);
+                (has("mlmodel.ready") && has("download.unpack")).then_some(spans)
+            }
+        },
+    )
+    .await;
+    let service_of = |name: &str| spans.iter().find(|s| s.name == name).map(|s| s.service.as_str());
+    assert_eq!(service_of("mlmodel.rollout"), Some("mlmodel-operator"));
+    assert_eq!(service_of("mlmodel.download"), Some("mlmodel-downloader"));
+    let operator_pod = spans
+        .iter()
+        .find(|s| s.name == "mlmodel.rollout")
+        .and_then(|s| s.process_tags.get("k8s.pod.name"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        operator_pod.starts_with(HELM_NAME),
+        "the rollout was traced by the installed operator's pod: {operator_pod:?}"
+    );
+    println!(
+        "the Jaeger of observability/jaeger.yaml has the rollout {trace_id}: {} spans from {:?}",
+        spans.len(),
+        spans.iter().map(|s| s.service.as_str()).collect::<BTreeSet<_>>()
+    );
     let serving = ns
         .api::<Pod>()
         .list(&ListParams::default().labels("app.kubernetes.io/component=serving,team=vision"))

@@ -10,7 +10,8 @@
 #
 # Images: debian (debootstrap'ed base), rust (builder base from this machine's toolchain),
 # distroless-cc (runtime base look-alike), pause, busybox, mlserver, operator (the project's
-# own Dockerfile); and curl, built only when named (the throughput benchmark's reference).
+# own Dockerfile); and, built only when named, curl (the throughput benchmark's reference) and
+# jaeger (observability/jaeger.yaml's image, from the binary tests/cluster/build.sh builds).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -38,9 +39,11 @@ declare -A ref=(
   [mlserver]="docker.io/seldonio/mlserver:$MLSERVER_VERSION"
   [operator]="docker.io/library/mlmodel-operator:$operator_version"
   [curl]=docker.io/library/curl:bookworm
+  [jaeger]="docker.io/jaegertracing/jaeger:$JAEGER_IMAGE_TAG"
 )
-order=(debian rust distroless-cc pause busybox mlserver operator curl)
-# What `build` with no names builds: curl is only for `make bench`.
+order=(debian rust distroless-cc pause busybox mlserver operator curl jaeger)
+# What `build` with no names builds: curl is only for `make bench`, jaeger for the in-cluster
+# install's tests.
 default_images=(debian rust distroless-cc pause busybox mlserver operator)
 # Images a node needs at run time (the others are build bases).
 runtime_images=(pause busybox mlserver operator)
@@ -55,12 +58,14 @@ recipe_hash() { # name -> hash of everything its build reads
       rust) echo "$toolchain" && cat "$here/images/rust/Containerfile" ;;
       busybox) cat "$here/images/busybox/Containerfile" /bin/busybox ;;
       debian) echo bookworm ;;
+      jaeger) cat "$here/images/jaeger/Containerfile" && sha256sum <"$(jaeger_binary)" ;;
       *) cat "$here/images/$name/Containerfile" ;;
     esac
     # A rebuilt base makes everything built on it stale.
     case "$name" in
       debian) ;;
       operator) current_hash rust && current_hash distroless-cc ;;
+      jaeger) current_hash distroless-cc ;;
       busybox) ;;
       *) current_hash debian ;;
     esac
@@ -128,6 +133,23 @@ host_ca=/etc/ssl/certs/ca-certificates.crt
 
 build_curl() {
   podman_build curl "$here/images/curl"
+}
+
+# The Jaeger binary of the local cluster's components (built, or found in the cache).
+jaeger_binary() {
+  local bin
+  bin="$("$here/build.sh" 2>/dev/null)" || die "building the local cluster's components failed (tests/cluster/build.sh)"
+  [[ -x "$bin/jaeger" ]] || die "no jaeger in $bin"
+  echo "$bin/jaeger"
+}
+
+build_jaeger() {
+  local ctx
+  ctx="$(mktemp -d)"
+  # shellcheck disable=SC2064
+  trap "rm -rf '$ctx'" RETURN
+  cp "$(jaeger_binary)" "$here/images/jaeger/Containerfile" "$ctx/"
+  podman_build jaeger "$ctx"
 }
 
 build_mlserver() {

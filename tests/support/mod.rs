@@ -368,7 +368,8 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
-fn run_ok(cmd: &mut Command) -> String {
+/// Runs `cmd` to completion; panics with its output unless it succeeds. Returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd
         .stdin(Stdio::null())
         .output()
