@@ -25,6 +25,16 @@ pub mod traceview;
 
 use std::time::Duration;
 
+/// `%XX` escapes decoded, for every percent-encoded input the crate reads (URL parts,
+/// `OTEL_RESOURCE_ATTRIBUTES`); malformed escapes stay as they are, and `None` means the
+/// result is not UTF-8.
+pub fn percent_decode(input: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(input)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
 /// Capped exponential backoff with jitter, for every retry in the crate (the model actors'
 /// API calls, the downloader's fetches): attempt 0 waits between `base / 2` and `base`, each
 /// further attempt twice as long, up to `max`; the jitter keeps many retries from moving in

@@ -376,15 +376,11 @@ fn parse_resource_attributes(raw: &str) -> Vec<KeyValue> {
         .filter_map(|entry| entry.split_once('='))
         .map(|(key, value)| (key.trim(), value.trim()))
         .filter(|(key, _)| !key.is_empty())
-        .map(|(key, value)| KeyValue::new(key.to_owned(), percent_decode(value)))
+        .map(|(key, value)| {
+            let decoded = crate::percent_decode(value).unwrap_or_else(|| value.to_owned());
+            KeyValue::new(key.to_owned(), decoded)
+        })
         .collect()
-}
-
-/// `value` percent-decoded; malformed escapes are left as they are.
-fn percent_decode(value: &str) -> String {
-    percent_encoding::percent_decode_str(value)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -954,9 +950,12 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding_leaves_malformed_escapes_alone() {
-        assert_eq!(percent_decode("a%2Cb"), "a,b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
+    fn resource_attribute_values_are_percent_decoded_and_malformed_escapes_left_alone() {
+        let decoded: Vec<(String, String)> = parse_resource_attributes("a=x%2Cy, b=100%, c=%zz, d=%ff")
+            .into_iter()
+            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect();
+        let pairs = [("a", "x,y"), ("b", "100%"), ("c", "%zz"), ("d", "%ff")];
+        assert_eq!(decoded, pairs.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec());
     }
 }

@@ -19,6 +19,7 @@ use url::Url;
 
 use super::error::DownloadError;
 use super::redact::{redact_url, scrub_message};
+use crate::percent_decode;
 
 /// Longest stall between two reads of a response before the attempt counts as failed.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -382,28 +383,8 @@ impl Credentials {
 
 /// Standard base64 with padding (RFC 4648), for HTTP basic auth.
 fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Decodes `%XX` escapes; `None` if the result is not UTF-8.
-fn percent_decode(input: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(input)
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 /// Records what the HTTP layer saw, because `object_store` reports 5xx and 429 responses
