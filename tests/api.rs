@@ -680,7 +680,8 @@ async fn kubectl_explain_shows_the_status_schema() {
         &conditions,
         &[
             "FIELD: conditions <[]Object>",
-            "Standard conditions: `Ready`, `Downloaded`, `Available`, `Degraded`.",
+            "Standard conditions: `Ready`, `Downloaded`, `Available`, `Degraded`; `StorageResized` once \
+             `storageSize` has grown (`Resizing`, `Resized` or `ExpansionRefused`).",
             "type <string> -required-",
             "status <string> -required-",
             "reason <string> -required-",
