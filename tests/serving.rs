@@ -154,22 +154,28 @@ async fn download_failures_carry_the_downloaders_line_from_the_real_pod() {
     }
 }
 
-#[tokio::test]
-async fn a_wrong_model_layout_fails_the_download_naming_what_is_missing() {
-    let ns = setup("serve-layout").await;
+/// A `.tar.gz` of one file `name` holding `contents`, put in the node's model store for the
+/// test namespace `ns`; returns its URL.
+fn archive_in_store(ns: &TestNamespace, name: &str, contents: &str) -> String {
     let dir = real_node().store_dir.join(&ns.name);
     std::fs::create_dir_all(dir.join("content")).expect("store dir");
-    std::fs::write(dir.join("content/README.txt"), "not a model\n").expect("file");
+    std::fs::write(dir.join("content").join(name), contents).expect("file");
     let out = Command::new("tar")
         .arg("-czf")
         .arg(dir.join("model.tar.gz"))
         .arg("-C")
         .arg(dir.join("content"))
-        .arg("README.txt")
+        .arg(name)
         .output()
         .expect("tar");
     assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
-    let url = format!("{}/{}/model.tar.gz", real_node().store_url, ns.name);
+    format!("{}/{}/model.tar.gz", real_node().store_url, ns.name)
+}
+
+#[tokio::test]
+async fn a_wrong_model_layout_fails_the_download_naming_what_is_missing() {
+    let ns = setup("serve-layout").await;
+    let url = archive_in_store(&ns, "README.txt", "not a model\n");
     ns.apply_yaml(&model_yaml("readme", &url, None, ""));
     let model = wait_for(&ns.api::<MLModel>(), "readme", READY_TIMEOUT, |m| {
         phase(m) == Some(Phase::Failed)
@@ -187,19 +193,7 @@ async fn a_wrong_model_layout_fails_the_download_naming_what_is_missing() {
 #[tokio::test]
 async fn a_model_the_server_cannot_load_fails_with_the_servers_reason() {
     let ns = setup("serve-corrupt").await;
-    let dir = real_node().store_dir.join(&ns.name);
-    std::fs::create_dir_all(dir.join("content")).expect("store dir");
-    std::fs::write(dir.join("content/model.joblib"), "not a model\n").expect("file");
-    let out = Command::new("tar")
-        .arg("-czf")
-        .arg(dir.join("model.tar.gz"))
-        .arg("-C")
-        .arg(dir.join("content"))
-        .arg("model.joblib")
-        .output()
-        .expect("tar");
-    assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
-    let url = format!("{}/{}/model.tar.gz", real_node().store_url, ns.name);
+    let url = archive_in_store(&ns, "model.joblib", "not a model\n");
     ns.apply_yaml(&model_yaml("corrupt", &url, None, ""));
     // Three restarts with the kubelet's back-off (10 s, 20 s, 40 s) and MLServer's start-ups.
     let model = wait_for(&ns.api::<MLModel>(), "corrupt", Duration::from_secs(300), |m| {
