@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Patch, PatchParams};
-use mlmodel_operator::api::{MLModel, Phase};
+use mlmodel_operator::api::{Failure, MLModel, Phase};
 use serde_json::json;
 use support::iris::{answer_of, answered, artifact, infer, model_yaml, ready_at_generation, service_address};
 use support::{TestNamespace, real_node, wait_for, wait_for_deletion};
@@ -25,6 +25,19 @@ fn phase(m: &MLModel) -> Option<Phase> {
 
 fn message(m: &MLModel) -> String {
     m.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
+}
+
+/// Waits until model `name` is Failed; returns it.
+async fn failed(ns: &TestNamespace, name: &str, timeout: Duration) -> MLModel {
+    wait_for(&ns.api::<MLModel>(), name, timeout, |m| phase(m) == Some(Phase::Failed)).await
+}
+
+/// The model's `status.lastFailure`.
+fn last_failure(m: &MLModel) -> &Failure {
+    m.status
+        .as_ref()
+        .and_then(|s| s.last_failure.as_ref())
+        .expect("lastFailure")
 }
 
 async fn setup(prefix: &str) -> TestNamespace {
@@ -128,7 +141,6 @@ async fn download_failures_carry_the_downloaders_line_from_the_real_pod() {
     let missing = v1.url.replace("/v1/", "/v404/");
     ns.apply_yaml(&model_yaml("missing", &missing, None, ""));
     ns.apply_yaml(&model_yaml("wrong-sha", &v1.url, Some(&"0".repeat(64)), ""));
-    let models = ns.api::<MLModel>();
     for (name, expected) in [
         (
             "missing",
@@ -143,13 +155,8 @@ async fn download_failures_carry_the_downloaders_line_from_the_real_pod() {
             ),
         ),
     ] {
-        let model = wait_for(&models, name, READY_TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
-        let failure = model
-            .status
-            .as_ref()
-            .and_then(|s| s.last_failure.as_ref())
-            .expect("lastFailure");
-        assert_eq!(failure.reason, "DownloadFailed", "{name}");
+        let model = failed(&ns, name, READY_TIMEOUT).await;
+        assert_eq!(last_failure(&model).reason, "DownloadFailed", "{name}");
         assert_eq!(message(&model), expected, "{name}");
     }
 }
@@ -177,10 +184,7 @@ async fn a_wrong_model_layout_fails_the_download_naming_what_is_missing() {
     let ns = setup("serve-layout").await;
     let url = archive_in_store(&ns, "README.txt", "not a model\n");
     ns.apply_yaml(&model_yaml("readme", &url, None, ""));
-    let model = wait_for(&ns.api::<MLModel>(), "readme", READY_TIMEOUT, |m| {
-        phase(m) == Some(Phase::Failed)
-    })
-    .await;
+    let model = failed(&ns, "readme", READY_TIMEOUT).await;
     assert_eq!(
         message(&model),
         "download failed: InvalidModelLayout: sklearn needs model-settings.json or one of model.joblib, \
@@ -196,15 +200,8 @@ async fn a_model_the_server_cannot_load_fails_with_the_servers_reason() {
     let url = archive_in_store(&ns, "model.joblib", "not a model\n");
     ns.apply_yaml(&model_yaml("corrupt", &url, None, ""));
     // Three restarts with the kubelet's back-off (10 s, 20 s, 40 s) and MLServer's start-ups.
-    let model = wait_for(&ns.api::<MLModel>(), "corrupt", Duration::from_secs(300), |m| {
-        phase(m) == Some(Phase::Failed)
-    })
-    .await;
-    let failure = model
-        .status
-        .as_ref()
-        .and_then(|s| s.last_failure.as_ref())
-        .expect("lastFailure");
+    let model = failed(&ns, "corrupt", Duration::from_secs(300)).await;
+    let failure = last_failure(&model);
     assert_eq!(failure.reason, "CrashLoopBackOff", "{model:?}");
     for expected in [
         "container server is crash-looping",
@@ -226,15 +223,8 @@ async fn a_runtime_image_that_is_not_present_fails_with_the_kubelets_reason() {
     let v1 = artifact("v1");
     let extra = "  runtime:\n    image: registry.invalid/mlserver:0.0.0\n";
     ns.apply_yaml(&model_yaml("no-image", &v1.url, Some(&v1.sha256), extra));
-    let model = wait_for(&ns.api::<MLModel>(), "no-image", READY_TIMEOUT, |m| {
-        phase(m) == Some(Phase::Failed)
-    })
-    .await;
-    let failure = model
-        .status
-        .as_ref()
-        .and_then(|s| s.last_failure.as_ref())
-        .expect("lastFailure");
+    let model = failed(&ns, "no-image", READY_TIMEOUT).await;
+    let failure = last_failure(&model);
     assert_eq!(failure.reason, "ImagePullBackOff", "{model:?}");
     assert!(
         failure.message.contains("registry.invalid/mlserver:0.0.0"),
