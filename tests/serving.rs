@@ -245,6 +245,8 @@ async fn two_replicas_serve_from_one_volume_and_scale_to_zero_and_back() {
         Some("2/2")
     );
     let address = service_address(&ns, "iris").await;
+    // Ready pods are routed once kube-proxy has programmed their endpoints, a moment later.
+    answered(&address).await;
     for _ in 0..6 {
         let (code, json) = infer(&address, "iris").expect("the Service answers");
         assert_eq!((code, answer_of(&json).1), (200, vec![0, 1, 2]), "{json}");
