@@ -12,13 +12,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::api::{FINALIZER, MLModel, MLModelStatus};
+use crate::events::Recorder;
 use crate::leader::Fence;
 use crate::lifecycle::observe::{self, DeploymentObs, JobObs, PvcObs, ServiceObs};
 use crate::lifecycle::{Action, ChildRef, EventNote};
@@ -391,12 +392,14 @@ impl ModelWriter {
                 .await
             }
             Action::ApplyJob(o) => {
-                self.apply(model, "job", o.as_ref(), exists, |j| observe::job(j).map(Written::Job))
-                    .await
+                self.apply(model, "job", o.as_ref(), exists, |j| {
+                    observe::job(&j.into()).map(Written::Job)
+                })
+                .await
             }
             Action::ApplyDeployment(o) => {
                 self.apply(model, "deployment", o.as_ref(), exists, |d| {
-                    Some(Written::Deployment(observe::deployment(d)))
+                    Some(Written::Deployment(observe::deployment(&d.into())))
                 })
                 .await
             }

@@ -15,6 +15,7 @@ pub mod actors;
 pub mod api;
 pub mod cluster;
 pub mod download;
+pub mod events;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;

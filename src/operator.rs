@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client};
 use ractor::Actor;
 use tokio::sync::watch;
@@ -15,6 +14,7 @@ use crate::actors::messages::SupervisorMsg;
 use crate::actors::supervisor::ModelSupervisor;
 use crate::actors::{Context, SupervisionSettings, dispatcher};
 use crate::cluster::RateLimiter;
+use crate::events::Recorder;
 use crate::leader::{Fence, LeaderElector, LeaseSettings};
 use crate::lifecycle::Settings;
 use crate::metrics::{self, Metrics};
@@ -167,16 +167,11 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
         settings: lifecycle,
         supervision: settings.supervision.clone(),
         metrics: metrics.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "mlmodel-operator".into(),
-                instance: Some(settings.identity.clone()),
-            },
-        ),
+        recorder: Recorder::new(client.clone(), "mlmodel-operator", &settings.identity),
         client,
         fence,
         limiter: Arc::new(RateLimiter::new(settings.api_qps, settings.api_burst)),
+        reconciles: tokio::sync::Semaphore::new(crate::actors::MAX_CONCURRENT_RECONCILES),
     });
 
     // Standbys keep their caches warm; only once synced is a replica ready (and able to lead).

@@ -17,9 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
@@ -35,8 +33,12 @@ use super::ModelKey;
 use super::messages::SupervisorMsg;
 use crate::api::MLModel;
 use crate::cluster::Written;
+use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedPod};
 use crate::lifecycle::observe;
-use crate::resources::{MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, MODEL_UID_LABEL};
+use crate::resources::{
+    COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, MODEL_UID_LABEL, SOURCE_ANNOTATION,
+    SPEC_HASH_ANNOTATION, VERSION_LABEL,
+};
 
 /// Child names per model.
 type ChildNames = HashMap<ModelKey, BTreeSet<String>>;
@@ -148,12 +150,12 @@ pub struct Caches {
     pub models: Stores<DynamicObject>,
     /// The operator's PVCs (spec dropped).
     pub pvcs: Stores<PersistentVolumeClaim>,
-    /// The operator's Jobs (spec dropped).
-    pub jobs: Stores<Job>,
-    /// The operator's pods (spec and what no decision reads dropped).
-    pub pods: Stores<Pod>,
+    /// The operator's Jobs (no spec).
+    pub jobs: Stores<CachedJob>,
+    /// The operator's pods (no spec, and what no decision reads dropped).
+    pub pods: Stores<CachedPod>,
     /// The operator's Deployments (pod template reduced to its labels).
-    pub deployments: Stores<Deployment>,
+    pub deployments: Stores<CachedDeployment>,
     /// The operator's Services: metadata only.
     pub services: Stores<PartialObjectMeta<Service>>,
     index: Arc<Index>,
@@ -370,7 +372,7 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
         };
         let stream = watcher::watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
-            .modify(|o: &mut DynamicObject| o.metadata.managed_fields = None)
+            .modify(trim_model)
             .reflect(w);
         tokio::spawn(run_model_stream(stream, ready.clone(), flag(0), route.clone()));
 
@@ -401,7 +403,7 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
         let (store, w) = reflector::store();
         caches.services.push(namespace, store.clone());
         let stream = watch(&client, ns, children.clone())
-            .modify(|o: &mut PartialObjectMeta<Service>| o.metadata.managed_fields = None)
+            .modify(|o: &mut PartialObjectMeta<Service>| trim_child_meta(&mut o.metadata))
             .reflect(w);
         child(5).spawn(stream, store, |i| &i.services);
     }
@@ -437,6 +439,28 @@ fn trim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
 }
 
+/// The labels and annotations of a child that anything reads: which model and version it
+/// belongs to, what it is, and what it was applied from. (Controllers add their own labels to
+/// Jobs and pods, a few hundred bytes on each of thousands of objects.)
+fn trim_child_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| [MODEL_LABEL, MODEL_UID_LABEL, VERSION_LABEL, COMPONENT_LABEL].contains(&k.as_str()));
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == SPEC_HASH_ANNOTATION || k == SOURCE_ANNOTATION);
+    }
+}
+
+/// The model as cached: `kubectl apply`'s copy of the last applied manifest (the whole spec
+/// again) is not read.
+fn trim_model(o: &mut DynamicObject) {
+    trim_meta(&mut o.metadata);
+    if let Some(annotations) = o.metadata.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 fn trim_pvc(p: &mut PersistentVolumeClaim) {
     use k8s_openapi::api::core::v1::{
         PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements,
@@ -447,7 +471,7 @@ fn trim_pvc(p: &mut PersistentVolumeClaim) {
         list.and_then(|l| l.remove("storage"))
             .map(|q| std::collections::BTreeMap::from([("storage".to_owned(), q)]))
     };
-    trim_meta(&mut p.metadata);
+    trim_child_meta(&mut p.metadata);
     // The requested size and the capacity: what an expansion compares.
     p.spec = p.spec.take().map(|mut s| PersistentVolumeClaimSpec {
         resources: Some(VolumeResourceRequirements {
@@ -465,26 +489,23 @@ fn trim_pvc(p: &mut PersistentVolumeClaim) {
     }
 }
 
-fn trim_job(j: &mut Job) {
-    trim_meta(&mut j.metadata);
-    j.spec = None;
-    if let Some(s) = j.status.as_mut() {
-        *s = k8s_openapi::api::batch::v1::JobStatus {
-            conditions: s.conditions.take(),
-            ..Default::default()
-        };
-    }
+fn trim_job(j: &mut CachedJob) {
+    trim_child_meta(&mut j.metadata);
 }
 
-fn trim_pod(p: &mut Pod) {
-    trim_meta(&mut p.metadata);
+fn trim_pod(p: &mut CachedPod) {
+    trim_child_meta(&mut p.metadata);
     p.metadata.annotations = None;
     p.metadata.owner_references = None;
-    p.spec = None;
     if let Some(s) = p.status.as_mut() {
         *s = k8s_openapi::api::core::v1::PodStatus {
             phase: s.phase.take(),
-            conditions: s.conditions.take(),
+            // Whether it is ready, and why it is not scheduled.
+            conditions: s.conditions.take().map(|list| {
+                list.into_iter()
+                    .filter(|c| c.type_ == "Ready" || c.type_ == "PodScheduled")
+                    .collect()
+            }),
             container_statuses: s.container_statuses.take().map(|cs| {
                 cs.into_iter()
                     .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
@@ -503,25 +524,21 @@ fn trim_pod(p: &mut Pod) {
     }
 }
 
-fn trim_deployment(d: &mut Deployment) {
-    trim_meta(&mut d.metadata);
-    if let Some(spec) = d.spec.as_mut() {
-        let labels = spec.template.metadata.as_mut().and_then(|m| m.labels.take());
-        *spec = k8s_openapi::api::apps::v1::DeploymentSpec {
-            template: k8s_openapi::api::core::v1::PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels,
-                    ..Default::default()
-                }),
-                spec: None,
-            },
-            ..Default::default()
-        };
+fn trim_deployment(d: &mut CachedDeployment) {
+    trim_child_meta(&mut d.metadata);
+    if let Some(labels) = d
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.metadata.as_mut())
+        .and_then(|m| m.labels.as_mut())
+    {
+        labels.retain(|k, _| k == VERSION_LABEL);
     }
     if let Some(s) = d.status.as_mut() {
         // The conditions that tell why it cannot go on, without their timestamps.
-        let conditions = s.conditions.take().map(|list| {
-            list.into_iter()
+        s.conditions = s.conditions.take().and_then(|list| {
+            let kept: Vec<_> = list
+                .into_iter()
                 .filter(|c| c.type_ == "ReplicaFailure" || (c.type_ == "Progressing" && c.status == "False"))
                 .map(|c| k8s_openapi::api::apps::v1::DeploymentCondition {
                     type_: c.type_,
@@ -530,13 +547,9 @@ fn trim_deployment(d: &mut Deployment) {
                     message: c.message,
                     ..Default::default()
                 })
-                .collect::<Vec<_>>()
+                .collect();
+            (!kept.is_empty()).then_some(kept)
         });
-        *s = k8s_openapi::api::apps::v1::DeploymentStatus {
-            ready_replicas: s.ready_replicas,
-            conditions: conditions.filter(|c| !c.is_empty()),
-            ..Default::default()
-        };
     }
 }
 

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::Recorder;
 
 use crate::lifecycle::Settings;
 use crate::metrics::Metrics;
@@ -78,12 +77,21 @@ pub struct Context {
     pub metrics: Metrics,
     /// Records Events, under this replica's identity (one for every model: its cache of
     /// recent Events is shared).
-    pub recorder: Recorder,
+    pub recorder: crate::events::Recorder,
     /// Refuses writes unless this replica surely leads.
     pub fence: Arc<crate::leader::Fence>,
     /// The client-side request rate limit of every write.
     pub limiter: Arc<crate::cluster::RateLimiter>,
+    /// Reconciles under way at once, across every model (see [`MAX_CONCURRENT_RECONCILES`]).
+    pub reconciles: tokio::sync::Semaphore,
 }
+
+/// Reconciles under way at once. A reconcile mostly waits for its writes, which the rate
+/// limiter lets through 32 at a time, so more than this only adds waiting reconciles, each
+/// holding its decision and its requests in memory: when thousands of models are applied at
+/// once (or a new leader reconciles them all) they take turns, first come first served, and
+/// each one's Job follows its apply instead of every model advancing one write at a time.
+pub const MAX_CONCURRENT_RECONCILES: usize = 64;
 
 impl Context {
     /// A writer for models in `namespace`.

@@ -174,7 +174,12 @@ impl Actor for ModelActor {
                     Some(phase) => tracing::info_span!(parent: phase, "reconcile"),
                     None => Span::none(),
                 };
-                let result = reconcile(&myself, state).instrument(span).await;
+                // A turn first; the reconcile's own (large) state is allocated only then.
+                let ctx = state.ctx.clone();
+                let Ok(_turn) = ctx.reconciles.acquire().await else {
+                    return Ok(());
+                };
+                let result = Box::pin(reconcile(&myself, state).instrument(span)).await;
                 // The reconcile's span is closed, and with it a phase that just ended.
                 state.trace.end_outcome();
                 result?;

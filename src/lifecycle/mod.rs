@@ -2,6 +2,7 @@
 //! returns the actions to take and the status to report. No client, no clock, no I/O: the
 //! model actor executes the actions and feeds the results back as new observations.
 
+pub mod cached;
 mod deletion;
 mod download;
 pub mod observe;

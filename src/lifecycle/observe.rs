@@ -1,11 +1,11 @@
 //! What the lifecycle core needs to know about a model's children, extracted from the API
 //! objects. Small owned summaries: actors keep these, not whole objects.
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
+
+use super::cached::{CachedDeployment, CachedJob, CachedPod};
 
 use crate::resources::{COMPONENT_DOWNLOAD, COMPONENT_LABEL, SOURCE_ANNOTATION, SPEC_HASH_ANNOTATION, VERSION_LABEL};
 
@@ -171,7 +171,7 @@ pub fn pvc(p: &PersistentVolumeClaim) -> PvcObs {
 }
 
 /// Summarises a download Job; `None` when it carries no version label (not ours).
-pub fn job(j: &Job) -> Option<JobObs> {
+pub fn job(j: &CachedJob) -> Option<JobObs> {
     let version = version_of(j.labels())?;
     let conditions = j.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
     let is_true = |t: &str| conditions.iter().find(|c| c.type_ == t && c.status == "True");
@@ -191,7 +191,7 @@ pub fn job(j: &Job) -> Option<JobObs> {
 }
 
 /// Summarises a pod.
-pub fn pod(p: &Pod) -> PodObs {
+pub fn pod(p: &CachedPod) -> PodObs {
     let status = p.status.clone().unwrap_or_default();
     let conditions = status.conditions.unwrap_or_default();
     let ready = conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
@@ -246,7 +246,7 @@ pub fn pod(p: &Pod) -> PodObs {
 }
 
 /// Summarises the serving Deployment.
-pub fn deployment(d: &Deployment) -> DeploymentObs {
+pub fn deployment(d: &CachedDeployment) -> DeploymentObs {
     DeploymentObs {
         version: d
             .spec

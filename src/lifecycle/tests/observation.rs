@@ -1,6 +1,7 @@
 //! Observation: API objects summarised as the core sees them.
 
 use super::*;
+use crate::lifecycle::cached::CachedPod;
 
 // ---------------------------------------------------------------------------------------------
 // Observation of API objects
@@ -90,7 +91,7 @@ fn observe_pod_reads_an_unschedulable_download_pod() {
         ..Default::default()
     };
 
-    let obs = observe::pod(&k8s_pod(meta, "Pending", vec![scheduled], vec![]));
+    let obs = observe::pod(&(&k8s_pod(meta, "Pending", vec![scheduled], vec![])).into());
 
     assert_eq!(
         obs,
@@ -225,7 +226,7 @@ fn observe_pod_reads_container_states() {
         },
     ];
     for case in cases {
-        let obs = observe::pod(&case.pod);
+        let obs = observe::pod(&(&case.pod).into());
         let waiting = obs.waiting.as_ref().map(|(c, r, m, i)| {
             assert_eq!((c.as_str(), i.as_str()), ("server", SERVER_IMAGE), "{}", case.name);
             (r.as_str(), m.as_str())
@@ -248,7 +249,7 @@ fn observe_pod_reads_container_states() {
 fn observe_pod_defaults_an_empty_pod() {
     let mut meta = labelled("stray", &[]);
     meta.deletion_timestamp = Some(Time(now()));
-    let obs = observe::pod(&Pod {
+    let obs = observe::pod(&CachedPod {
         metadata: meta,
         ..Default::default()
     });
@@ -338,7 +339,7 @@ fn observe_job_reads_conditions_version_and_source() {
             conditions: Some(case.conditions),
             ..Default::default()
         });
-        let obs = observe::job(&job).expect("a versioned Job");
+        let obs = observe::job(&(&job).into()).expect("a versioned Job");
         let failed = case.failed.map(|(r, m)| (r.to_owned(), m.to_owned()));
         assert_eq!(
             obs,
@@ -362,20 +363,20 @@ fn observe_job_ignores_jobs_without_a_version() {
         metadata: labelled("someone-elses-job", &[(resources::COMPONENT_LABEL, "download")]),
         ..Default::default()
     };
-    assert_eq!(observe::job(&unversioned), None);
+    assert_eq!(observe::job(&(&unversioned).into()), None);
 
     let garbled = Job {
         metadata: labelled("iris-download-x", &[(resources::VERSION_LABEL, "latest")]),
         ..Default::default()
     };
-    assert_eq!(observe::job(&garbled), None);
+    assert_eq!(observe::job(&(&garbled).into()), None);
 }
 
 #[test]
 fn observe_reads_the_objects_the_builders_make() {
     let m = model();
     let deployment = resources::with_spec_hash(resources::serving_deployment(&m, 2));
-    let obs = observe::deployment(&deployment);
+    let obs = observe::deployment(&(&deployment).into());
     assert_eq!(obs.version, Some(2));
     assert_eq!(obs.spec_hash.as_ref(), resources::spec_hash(&deployment));
     assert_eq!(obs, deployment_of(&m, 2));
@@ -423,7 +424,7 @@ fn observe_reads_the_objects_the_builders_make() {
         ..Default::default()
     });
     assert_eq!(
-        observe::deployment(&stalled).stalled,
+        observe::deployment(&(&stalled).into()).stalled,
         Some((
             "FailedCreate".to_owned(),
             "pods \"x\" is forbidden: exceeded quota: pods".to_owned()
@@ -441,7 +442,7 @@ fn observe_reads_the_objects_the_builders_make() {
             }]),
             ..Default::default()
         });
-        observe::deployment(&d).stalled.map(|(reason, _)| reason)
+        observe::deployment(&(&d).into()).stalled.map(|(reason, _)| reason)
     };
     assert_eq!(
         progressing("False", "ProgressDeadlineExceeded").as_deref(),
@@ -476,11 +477,11 @@ fn an_observed_world_is_decided_the_same_as_its_summaries() {
     );
     let observed = Observed {
         pvc: pvc("Bound"),
-        jobs: observe::job(&job).into_iter().collect(),
-        pods: vec![observe::pod(&pod)],
-        deployment: Some(observe::deployment(&resources::with_spec_hash(
-            resources::serving_deployment(&m, 1),
-        ))),
+        jobs: observe::job(&(&job).into()).into_iter().collect(),
+        pods: vec![observe::pod(&(&pod).into())],
+        deployment: Some(observe::deployment(
+            &(&resources::with_spec_hash(resources::serving_deployment(&m, 1))).into(),
+        )),
         service: Some(observe::service(&resources::with_spec_hash(resources::service(&m)))),
         now: now(),
         ..Default::default()
