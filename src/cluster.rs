@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -200,6 +201,20 @@ pub struct ModelWriter {
     limiter: Arc<RateLimiter>,
 }
 
+/// Adds the fields of `other` (a `FieldsV1` set: nested objects whose leaves are `{}`) to
+/// `fields`.
+fn merge_fields(fields: &mut serde_json::Value, other: serde_json::Value) {
+    match (fields, other) {
+        (serde_json::Value::Object(mine), serde_json::Value::Object(theirs)) => {
+            for (key, value) in theirs {
+                merge_fields(mine.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (slot @ serde_json::Value::Null, value) => *slot = value,
+        _ => {}
+    }
+}
+
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
@@ -286,6 +301,9 @@ impl ModelWriter {
         let what = || format!("apply {kind}/{name}");
         let api = self.api::<K>();
         let written = if exists {
+            if matches!(kind, "deployment" | "service") {
+                self.own_created_fields::<K>(kind, &name).await?;
+            }
             let params = PatchParams::apply(FIELD_MANAGER).force();
             let r = self.send(what, api.patch(&name, &params, &Patch::Apply(obj))).await?;
             self.record("apply", kind, &r);
@@ -308,6 +326,64 @@ impl ModelWriter {
             resource_version: written.resource_version(),
             written: w,
         }))
+    }
+
+    /// A child is created with POST (so that an object of its name is never taken over), which
+    /// records its fields under an `Update` entry of the operator's field manager. A later
+    /// server-side apply does not remove what that entry still owns: an earlier version's
+    /// volume mount, a port of an earlier framework would stay. Before a Deployment or Service
+    /// is applied, that entry is folded into the operator's `Apply` entry (what `kubectl`
+    /// does when an object moves to server-side apply); once done, there is nothing to fold
+    /// and this is one read.
+    async fn own_created_fields<K>(&self, kind: &'static str, name: &str) -> Result<(), ClusterError>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    {
+        let ours = |f: &ManagedFieldsEntry, operation: &str| {
+            f.manager.as_deref() == Some(FIELD_MANAGER)
+                && f.operation.as_deref() == Some(operation)
+                && f.subresource.as_deref().is_none_or(str::is_empty)
+        };
+        // A concurrent write (the Deployment controller's status) moves the resourceVersion:
+        // read again and retry.
+        for _ in 0..3 {
+            let what = || format!("read {kind}/{name}");
+            let object = match self.send(what, self.api::<K>().get(name)).await? {
+                Ok(o) => o,
+                Err(e) if is_not_found(&e) => return Ok(()),
+                Err(e) => return Err(ClusterError::classify(what(), e)),
+            };
+            let mut fields = object.meta().managed_fields.clone().unwrap_or_default();
+            let Some(i) = fields.iter().position(|f| ours(f, "Update")) else {
+                return Ok(());
+            };
+            let created = fields.remove(i);
+            match fields.iter_mut().find(|f| ours(f, "Apply")) {
+                Some(applied) => {
+                    let mut union = applied.fields_v1.take().map(|f| f.0).unwrap_or_default();
+                    merge_fields(&mut union, created.fields_v1.map(|f| f.0).unwrap_or_default());
+                    applied.fields_v1 = Some(FieldsV1(union));
+                }
+                None => fields.push(ManagedFieldsEntry {
+                    operation: Some("Apply".to_owned()),
+                    ..created
+                }),
+            }
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": object.resource_version(), "managedFields": fields }
+            });
+            let what = || format!("take over the created fields of {kind}/{name}");
+            let params = PatchParams::default();
+            match self
+                .send(what, self.api::<K>().patch(name, &params, &Patch::Merge(&patch)))
+                .await?
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                Err(e) => return Err(ClusterError::classify(what(), e)),
+            }
+        }
+        Ok(())
     }
 
     /// The object of a child's name that already exists: this model's own (not yet in the
@@ -551,6 +627,22 @@ impl ModelWriter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fields_sets_merge_into_their_union() {
+        let mut applied = serde_json::json!({"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"server\"}": {".": {}, "f:args": {}}}}}}});
+        let created = serde_json::json!({"f:metadata": {"f:labels": {".": {}}}, "f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"server\"}": {"f:volumeMounts": {"k:{\"mountPath\":\"/models/iris/1\"}": {".": {}}}}}}}}});
+        merge_fields(&mut applied, created);
+        assert_eq!(
+            applied,
+            serde_json::json!({
+                "f:metadata": {"f:labels": {".": {}}},
+                "f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"server\"}": {
+                    ".": {}, "f:args": {}, "f:volumeMounts": {"k:{\"mountPath\":\"/models/iris/1\"}": {".": {}}}
+                }}}}}
+            })
+        );
+    }
+
     use super::*;
 
     #[test]
