@@ -474,6 +474,10 @@ pub struct ServingVersion {
     /// keeps both reuses the downloaded artifact instead of downloading it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The uid of the volume claim this version was downloaded into. A claim deleted and made
+    /// again is another volume: the version is downloaded into it again before it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_uid: Option<String>,
 }
 
 /// A failure, as reported to the user.

@@ -98,6 +98,11 @@ struct RunArgs {
     #[arg(long, env = "IMAGE_PULL_GRACE_SECONDS", default_value_t = 120)]
     image_pull_grace_seconds: u64,
 
+    /// Seconds a claim's provisioning, or a pod's volume mount, may keep failing before the
+    /// model is Failed.
+    #[arg(long, env = "STORAGE_GRACE_SECONDS", default_value_t = 120)]
+    storage_grace_seconds: u64,
+
     /// Restarts of a crash-looping serving container before the model is Failed.
     #[arg(long, env = "CRASH_LOOP_RESTARTS", default_value_t = 3)]
     crash_loop_restarts: i32,
@@ -216,6 +221,7 @@ impl RunArgs {
                 image_pull_grace: Duration::from_secs(self.image_pull_grace_seconds),
                 crash_loop_restarts: self.crash_loop_restarts,
                 force_delete_after: Duration::from_secs(self.force_delete_after_seconds),
+                storage_grace: Duration::from_secs(self.storage_grace_seconds),
             },
             supervision: SupervisionSettings {
                 max_restarts: self.max_actor_restarts,

@@ -510,6 +510,8 @@ fn model_volume(model: &MLModel, read_only: bool) -> Volume {
 pub struct DownloadContext {
     /// W3C traceparent of the rollout, so the downloader's spans join the model's trace.
     pub traceparent: Option<String>,
+    /// Versions pods still serve: they stay on the volume, every other one is removed.
+    pub keep_versions: Vec<i64>,
 }
 
 /// The download Job of artifact `version`: the operator image's `download` subcommand with the
@@ -561,6 +563,13 @@ pub fn download_job(model: &MLModel, version: i64, settings: &BuildSettings, ctx
     if settings.allow_ambient_credentials {
         args.push("--ambient-credentials".to_owned());
     }
+    args.push("--prune".to_owned());
+    args.extend(
+        ctx.keep_versions
+            .iter()
+            .filter(|v| **v != version)
+            .map(|v| format!("--keep-version={v}")),
+    );
     if let Some(tp) = &ctx.traceparent {
         env.push(self::env("TRACEPARENT", tp.clone()));
     }

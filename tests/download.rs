@@ -155,6 +155,8 @@ impl Fixture {
             framework: Framework::Custom,
             max_unpacked_bytes: None,
             max_entries: download::DEFAULT_MAX_ENTRIES,
+            prune: false,
+            keep_version: Vec::new(),
             ambient_credentials: false,
         }
     }

@@ -78,6 +78,8 @@ async fn large_download_runs_in_constant_memory() {
         framework: Framework::Custom,
         max_unpacked_bytes: None,
         max_entries: download::DEFAULT_MAX_ENTRIES,
+        prune: false,
+        keep_version: Vec::new(),
         ambient_credentials: false,
     })
     .await
@@ -129,6 +131,8 @@ async fn throughput_from_bench_url() {
         framework: Framework::Custom,
         max_unpacked_bytes: None,
         max_entries: download::DEFAULT_MAX_ENTRIES,
+        prune: false,
+        keep_version: Vec::new(),
         ambient_credentials: false,
     })
     .await

@@ -338,3 +338,82 @@ async fn a_quota_that_refuses_the_job_is_reported_and_clears_when_raised() {
         m.status
     );
 }
+
+/// A volume the kubelet cannot mount: the model waits through the grace, then fails quoting
+/// the kubelet's Event, and is Ready again once the pod starts.
+#[tokio::test]
+async fn a_volume_that_cannot_be_mounted_fails_in_the_kubelets_words_and_recovers() {
+    let ns = setup("mount").await;
+    ns.apply_yaml(&held_server("mount", 1));
+    let pods: Api<Pod> = ns.api();
+    let pod = kubelet::pods(&pods, "app.kubernetes.io/component=serving", 1)
+        .await
+        .remove(0);
+    let mount = "MountVolume.SetUp failed for volume \"model\" : mount failed: exit status 32";
+    kubelet::warning_event(ns.client.clone(), &pod, "FailedMount", mount).await;
+    let models = ns.api::<MLModel>();
+    let m = support::wait_for(&models, "mount", TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
+    let failure = m.status.as_ref().unwrap().last_failure.clone().unwrap();
+    assert_eq!(failure.reason, "FailedMount");
+    assert_eq!(
+        failure.message,
+        format!(
+            "pod {}: cannot start: FailedMount: {mount}",
+            kube::ResourceExt::name_any(&pod)
+        )
+    );
+    assert!(describe(&ns, "mount").contains("FailedMount"));
+
+    kubelet::ready(&pods, &pod).await;
+    let m = support::wait_for(&models, "mount", TIMEOUT, |m| phase(m) == Some(Phase::Ready)).await;
+    assert_eq!(m.status.unwrap().ready.as_deref(), Some("1/1"));
+}
+
+/// A quota that refuses the download Job's pod (not the Job): the Job controller says so only
+/// in an Event; the model quotes it (reason `QuotaExceeded`) and goes on once the quota is
+/// raised.
+#[tokio::test]
+async fn a_quota_that_refuses_the_download_pod_is_reported_and_clears_when_raised() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    use kube::api::{Patch, PatchParams};
+
+    let ns = setup("pod-quota").await;
+    ns.apply_yaml("apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: pods\nspec:\n  hard:\n    pods: \"0\"\n");
+    support::wait_for(&ns.api::<ResourceQuota>(), "pods", TIMEOUT, |q| {
+        q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some()
+    })
+    .await;
+    ns.apply_yaml(&held_server("podquota", 1));
+    let models = ns.api::<MLModel>();
+    let m = support::wait_for(&models, "podquota", TIMEOUT, |m| phase(m) == Some(Phase::Failed)).await;
+    let failure = m.status.as_ref().unwrap().last_failure.clone().unwrap();
+    assert_eq!(failure.reason, "QuotaExceeded", "{failure:?}");
+    assert!(
+        failure
+            .message
+            .starts_with("download Job podquota-download-1: cannot create its pod: Error creating: pods ")
+            && failure.message.contains("exceeded quota: pods, requested: pods=1"),
+        "{failure:?}"
+    );
+
+    ns.api::<ResourceQuota>()
+        .patch(
+            "pods",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "hard": { "pods": "5" } } })),
+        )
+        .await
+        .unwrap();
+    // The Job controller retries with its own backoff; the download pod then runs and the
+    // serving pod is created (held: kwok never starts it).
+    let m = support::wait_for(&models, "podquota", Duration::from_secs(120), |m| {
+        matches!(phase(m), Some(Phase::Serving | Phase::Ready))
+    })
+    .await;
+    assert!(
+        m.status
+            .unwrap()
+            .last_failure
+            .is_some_and(|f| f.reason == "QuotaExceeded")
+    );
+}

@@ -343,6 +343,107 @@ async fn a_larger_storage_size_expands_the_claim_where_its_class_allows_it() {
 /// A ResourceQuota that lets the Deployment create one serving pod of two: the model stays
 /// Ready for what serves and says it is degraded, in the quota's words from the Deployment's
 /// `ReplicaFailure` condition; raising the quota lets the Deployment go on by itself.
+/// A StorageClass that does not exist: the provisioner says so in `ProvisioningFailed` Events,
+/// and after the grace the model is Failed in its words (`StorageUnavailable`). Creating the
+/// class lets the claim bind, and the model goes on to Ready by itself.
+#[tokio::test]
+async fn a_claim_that_cannot_be_provisioned_fails_in_the_provisioners_words_and_recovers() {
+    let ns = setup("no-class").await;
+    let class = format!("{}-later", ns.name);
+    ns.apply_yaml(&model_yaml(
+        "unbound",
+        &format!("  storage:\n    storageClassName: {class}\n"),
+    ));
+    let models = ns.api::<MLModel>();
+    let failed = support::wait_for(&models, "unbound", TIMEOUT, |m| {
+        m.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed)
+    })
+    .await;
+    let failure = failed.status.as_ref().unwrap().last_failure.clone().unwrap();
+    assert_eq!(failure.reason, "StorageUnavailable");
+    assert_eq!(
+        failure.message,
+        format!("volume unbound-model cannot be provisioned: storageclass.storage.k8s.io \"{class}\" not found")
+    );
+    assert_eq!(
+        condition(&failed, "Ready"),
+        Some(("False".to_owned(), "StorageUnavailable".to_owned()))
+    );
+
+    support::cluster().apply_yaml(
+        None,
+        &format!(
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: {class}\n\
+             provisioner: kubernetes.io/host-path\nvolumeBindingMode: Immediate\n"
+        ),
+    );
+    // The volume controller retries the claim on its next sync (15 s).
+    let ready = support::wait_for(&models, "unbound", Duration::from_secs(120), is_ready).await;
+    assert_eq!(
+        ready.status.unwrap().last_failure.map(|f| f.reason).as_deref(),
+        Some("StorageUnavailable"),
+        "the failure is kept for reference"
+    );
+    support::cluster().kubectl_ok(&["delete", "storageclass", &class, "--wait=false"]);
+}
+
+/// A claim deleted under a Ready model: the pods that hold it (`pvc-protection`) are stopped so
+/// that it can go, a new claim is made, the model is downloaded into it again (the status
+/// alone is not the volume), and the model is Ready on the new claim.
+#[tokio::test]
+async fn a_claim_deleted_under_a_ready_model_comes_back_on_a_new_claim() {
+    let ns = setup("claim-deleted").await;
+    ns.apply_yaml(&model_yaml("reclaimed", ""));
+    let models = ns.api::<MLModel>();
+    let ready = support::wait_for(&models, "reclaimed", TIMEOUT, is_ready).await;
+    let claims = ns.api::<PersistentVolumeClaim>();
+    let old_claim = claims.get("reclaimed-model").await.unwrap().uid().unwrap();
+    let serving = ready.status.as_ref().and_then(|s| s.serving.clone()).unwrap();
+    assert_eq!(serving.claim_uid.as_deref(), Some(old_claim.as_str()));
+    let job_uid = || async { ns.api::<Job>().get("reclaimed-download-1").await.unwrap().uid() };
+    let old_job = job_uid().await;
+
+    claims
+        .delete("reclaimed-model", &DeleteParams::default())
+        .await
+        .unwrap();
+    let back = support::wait_for(&models, "reclaimed", Duration::from_secs(120), |m| {
+        is_ready(m)
+            && m.status
+                .as_ref()
+                .and_then(|s| s.serving.as_ref())
+                .and_then(|s| s.claim_uid.as_deref())
+                .is_some_and(|uid| uid != old_claim)
+    })
+    .await;
+    let new_claim = claims.get("reclaimed-model").await.unwrap().uid().unwrap();
+    assert_ne!(new_claim, old_claim);
+    assert_eq!(
+        back.status.unwrap().serving.unwrap().claim_uid.as_deref(),
+        Some(new_claim.as_str())
+    );
+    let new_job = job_uid().await;
+    assert_ne!(new_job, old_job, "downloaded again into the new claim");
+    let warnings: Vec<(Option<String>, Option<String>)> = events_for(&ns, "reclaimed")
+        .await
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| (e.reason, e.note))
+        .collect();
+    assert_eq!(
+        warnings,
+        [(
+            Some("VolumeDeleted".to_owned()),
+            Some(
+                "volume reclaimed-model was deleted: the model's pods are stopped so that it can go, then the \
+                 model is downloaded into a new volume and served again"
+                    .to_owned()
+            )
+        )],
+        "a Warning Event says what happened"
+    );
+}
+
 #[tokio::test]
 async fn pods_the_deployment_cannot_create_are_reported_in_the_quotas_words() {
     use k8s_openapi::api::core::v1::ResourceQuota;
@@ -458,6 +559,17 @@ async fn a_spec_change_rolls_out_the_new_generation() {
     })
     .await;
     support::wait_for_deletion(&ns.api::<Job>(), "upd-download-1", TIMEOUT).await;
+    // The pod template mounts version 3 alone: the mount of version 1, written when the
+    // Deployment was created, is gone with the apply of version 3.
+    let deployment = ns.api::<Deployment>().get("upd-serving").await.unwrap();
+    let mounts: Vec<String> = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.name == "model")
+        .map(|m| m.mount_path.clone())
+        .collect();
+    assert_eq!(mounts, ["/models/upd/3"]);
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use mlmodel_operator::api::{Failure, MLModel, Phase};
 use serde_json::json;
@@ -514,6 +515,107 @@ async fn deleting_a_model_removes_its_children_and_releases_its_volume() {
         async move { gone.then_some(()) }
     })
     .await;
+}
+
+/// The host directory behind the model's volume (local-path makes it on the node, which is
+/// this machine).
+async fn volume_path(ns: &TestNamespace, claim: &str) -> std::path::PathBuf {
+    let claim = ns
+        .api::<PersistentVolumeClaim>()
+        .get(claim)
+        .await
+        .expect("the model's claim");
+    let volume = claim.spec.and_then(|s| s.volume_name).expect("a bound volume");
+    let pv = kube::Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(ns.client.clone());
+    pv.get(&volume)
+        .await
+        .expect("the volume")
+        .spec
+        .and_then(|s| s.host_path.map(|h| h.path).or(s.local.map(|l| l.path)))
+        .expect("a local path")
+        .into()
+}
+
+/// What is on the volume: the model's version directories and any temporary directory.
+fn on_volume(root: &std::path::Path, model: &str) -> Vec<String> {
+    let list = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut found: Vec<String> = list(&root.join(model))
+        .into_iter()
+        .map(|v| format!("{model}/{v}"))
+        .collect();
+    found.extend(list(root).into_iter().filter(|n| n.starts_with(".tmp-")));
+    found.sort();
+    found
+}
+
+/// Successive updates to new artifacts: each download removes the versions no pod runs any
+/// more, so the volume holds the serving version and the new one, never the history. (A pod
+/// still terminating keeps its version until the next download after it is gone, so each
+/// update here waits for the previous version's pods to go.)
+#[tokio::test]
+async fn successive_updates_keep_only_the_versions_in_use_on_the_volume() {
+    let ns = setup("serve-prune").await;
+    let (v1, v2) = (artifact("v1"), artifact("v2"));
+    ns.apply_yaml(&model_yaml("iris", &v1.url, Some(&v1.sha256), ""));
+    let models = ns.api::<MLModel>();
+    wait_for(&models, "iris", READY_TIMEOUT, ready_at_generation).await;
+    let root = volume_path(&ns, "iris-model").await;
+    assert_eq!(on_volume(&root, "iris"), ["iris/1"]);
+
+    // Each update is another artifact (the store ignores the query), so another download.
+    let updates = [
+        (format!("{}?update=2", v2.url), "v2", ["iris/1", "iris/2"]),
+        (format!("{}?update=3", v1.url), "v1", ["iris/2", "iris/3"]),
+        (format!("{}?update=4", v2.url), "v2", ["iris/3", "iris/4"]),
+    ];
+    for (generation, (url, answers, expected)) in (2..).zip(updates) {
+        let spec = json!({ "spec": { "modelURL": url, "sha256": null } });
+        models
+            .patch("iris", &PatchParams::default(), &Patch::Merge(spec))
+            .await
+            .expect("update");
+        let m = wait_for(&models, "iris", READY_TIMEOUT, |m| {
+            ready_at_generation(m)
+                && m.status.as_ref().and_then(|s| s.serving.as_ref()).map(|s| s.generation) == Some(generation)
+        })
+        .await;
+        assert_eq!(m.metadata.generation, Some(generation));
+        let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
+        support::poll_until("only the new version's pods", Duration::from_secs(90), || {
+            let pods = pods.clone();
+            async move {
+                let lp = kube::api::ListParams::default().labels("app.kubernetes.io/component=serving");
+                let list = pods.list(&lp).await.ok()?.items;
+                list.iter()
+                    .all(|p| p.labels().get("mlmodel.oda.tmforum.org/version") == Some(&generation.to_string()))
+                    .then_some(())
+            }
+        })
+        .await;
+        assert_eq!(
+            on_volume(&root, "iris"),
+            expected,
+            "after update {generation}: the version that served during the download and the new one"
+        );
+        let address = service_address(&ns, "iris").await;
+        support::poll_until(
+            &format!("the Service answering with {answers}"),
+            Duration::from_secs(30),
+            || {
+                let answer = infer(&address, "iris").ok().map(|(_, json)| answer_of(&json).0);
+                async move { (answer.as_deref() == Some(answers)).then_some(()) }
+            },
+        )
+        .await;
+    }
 }
 
 /// One span of a trace as Jaeger's query API (`/api/traces/<id>`) returns it.

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use super::ModelKey;
 use super::messages::SupervisorMsg;
+use super::warnings::{Involved, Kept, Warnings, kept};
 use crate::api::MLModel;
 use crate::cluster::Written;
 use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedPod};
@@ -159,6 +160,7 @@ pub struct Caches {
     /// The operator's Services: metadata only.
     pub services: Stores<PartialObjectMeta<Service>>,
     index: Arc<Index>,
+    warnings: Arc<Warnings>,
 }
 
 /// Who owns a child, as seen from one model.
@@ -241,13 +243,18 @@ impl Caches {
         let mut pvc = None;
         for p in lookup(&self.pvcs, &self.index.pvcs, key) {
             if sort(&p.metadata, "persistentvolumeclaim") && p.name_any() == crate::resources::pvc_name(&key.name) {
-                pvc = Some(observe::pvc(&p));
+                let mut obs = observe::pvc(&p);
+                obs.warning = self.warning(&p.metadata, "PersistentVolumeClaim");
+                pvc = Some(obs);
             }
         }
         let mut jobs = Vec::new();
         for j in lookup(&self.jobs, &self.index.jobs, key) {
-            if sort(&j.metadata, "job") {
-                jobs.extend(observe::job(&j));
+            if sort(&j.metadata, "job")
+                && let Some(mut obs) = observe::job(&j)
+            {
+                obs.warning = self.warning(&j.metadata, "Job");
+                jobs.push(obs);
             }
         }
         let mut deployment = None;
@@ -266,7 +273,10 @@ impl Caches {
         // Pods of a previous model are gone with its Jobs and Deployment, never waited for.
         let pods = lookup(&self.pods, &self.index.pods, key)
             .filter(|p| p.labels().get(MODEL_UID_LABEL).is_none_or(|u| u == uid))
-            .map(|p| observe::pod(&p))
+            .map(|p| observe::PodObs {
+                warning: self.warning(&p.metadata, "Pod"),
+                ..observe::pod(&p)
+            })
             .collect::<Vec<_>>();
         observed.pvc = pvc;
         observed.jobs = jobs;
@@ -276,6 +286,34 @@ impl Caches {
         observed.deployment = deployment;
         observed.service = service;
         observed
+    }
+}
+
+impl Caches {
+    /// The latest kept Warning Event about a child.
+    fn warning(&self, meta: &ObjectMeta, kind: &str) -> Option<observe::Warning> {
+        if self.warnings.is_empty() {
+            return None;
+        }
+        self.warnings.latest(
+            kind,
+            meta.namespace.as_deref()?,
+            meta.name.as_deref()?,
+            meta.uid.as_deref(),
+        )
+    }
+
+    /// The model a child of `kind` belongs to, from the caches.
+    fn model_of_child(&self, involved: &Involved) -> Option<ModelKey> {
+        fn at<K: Resource<DynamicType = ()>>(involved: &Involved) -> ObjectRef<K> {
+            ObjectRef::new(&involved.name).within(&involved.namespace)
+        }
+        match involved.kind {
+            "Pod" => model_of(&self.pods.get(&at(involved))?.metadata),
+            "Job" => model_of(&self.jobs.get(&at(involved))?.metadata),
+            "PersistentVolumeClaim" => model_of(&self.pvcs.get(&at(involved))?.metadata),
+            _ => None,
+        }
     }
 }
 
@@ -333,16 +371,17 @@ fn send(route: &Route, message: SupervisorMsg) {
 }
 
 /// The kinds the operator watches, in the order of their readiness flags.
-const STREAMS: [&str; 6] = [
+const STREAMS: [&str; 7] = [
     "MLModel",
     "PersistentVolumeClaim",
     "Job",
     "Pod",
     "Deployment",
     "Service",
+    "Event",
 ];
 
-/// Starts the six watch streams of each entry of `watches` (`None`: the whole cluster; a
+/// Starts the seven watch streams of each entry of `watches` (`None`: the whole cluster; a
 /// namespace: that namespace only). Returns the caches and a receiver that turns true once
 /// every stream has listed its objects. The streams run until the process ends.
 pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Caches, watch::Receiver<bool>) {
@@ -359,6 +398,7 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
         deployments: Stores::default(),
         services: Stores::default(),
         index: index.clone(),
+        warnings: Arc::default(),
     };
     for (n, namespace) in watches.iter().enumerate() {
         let ns = namespace.as_deref();
@@ -406,6 +446,19 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
             .modify(|o: &mut PartialObjectMeta<Service>| trim_child_meta(&mut o.metadata))
             .reflect(w);
         child(5).spawn(stream, store, |i| &i.services);
+        let warnings = watch(
+            &client,
+            ns,
+            watcher::Config::default().fields("type=Warning").any_semantic(),
+        );
+        tokio::spawn(run_warning_stream(
+            warnings,
+            caches.clone(),
+            namespace.clone(),
+            ready.clone(),
+            flag(6),
+            route.clone(),
+        ));
     }
     (caches, ready_rx)
 }
@@ -742,6 +795,62 @@ where
                 for message in messages {
                     send(&route, message);
                 }
+            }
+        }
+    }
+}
+
+/// Runs the Warning Event stream: keeps the Events that explain a stuck child and wakes the
+/// model of the child each one is about.
+async fn run_warning_stream<S>(
+    stream: S,
+    caches: Caches,
+    namespace: Option<String>,
+    ready: Readiness,
+    flag: usize,
+    route: Route,
+) where
+    S: Stream<Item = watcher::Result<Event<k8s_openapi::api::core::v1::Event>>> + Send + 'static,
+{
+    hold_for_fault_injection(STREAMS[6]).await;
+    futures::pin_mut!(stream);
+    let mut relist: Option<Kept> = None;
+    let wake = |involved: &Involved| {
+        if let Some(key) = caches.model_of_child(involved) {
+            send(&route, SupervisorMsg::Child { key });
+        }
+    };
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(%error, kind = "Event", "watch error; retrying");
+                continue;
+            }
+        };
+        match event {
+            Event::Apply(e) => {
+                if let Some(involved) = caches.warnings.apply(&e) {
+                    wake(&involved);
+                }
+            }
+            Event::Delete(e) => {
+                if let Some(involved) = caches.warnings.delete(&e) {
+                    wake(&involved);
+                }
+            }
+            Event::Init => relist = Some(Kept::new()),
+            Event::InitApply(e) => {
+                if let (Some((involved, name, entry)), Some(fresh)) = (kept(&e), relist.as_mut()) {
+                    fresh.entry(involved).or_default().insert(name, entry);
+                }
+            }
+            Event::InitDone => {
+                let fresh = relist.take().unwrap_or_default();
+                let changed = caches.warnings.replace(namespace.as_deref(), fresh);
+                tracing::debug!(kind = "Event", woken = changed.len(), "watch listed");
+                ready.listed(flag);
+                changed.iter().for_each(wake);
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod messages;
 pub mod model;
 pub mod rollout;
 pub mod supervisor;
+mod warnings;
 
 use std::fmt;
 use std::sync::Arc;

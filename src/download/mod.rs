@@ -144,6 +144,16 @@ pub struct DownloadArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ENTRIES)]
     pub max_entries: u64,
 
+    /// Before fetching, remove the model's other versions from the volume (all but this one
+    /// and the `--keep-version`s) and the temporary directories of downloads that were killed,
+    /// so that the volume holds the versions in use and no more.
+    #[arg(long)]
+    pub prune: bool,
+
+    /// With `--prune`: a version that stays (one that pods still serve). Repeatable.
+    #[arg(long, value_name = "N")]
+    pub keep_version: Vec<u64>,
+
     /// Let `s3://` and `gs://` fall back to the node's credentials (web identity, container
     /// or instance metadata, profiles, application default credentials) when the
     /// environment holds no keys. Off: such sources are fetched anonymously.
@@ -283,6 +293,11 @@ async fn download(
 
     let model_dir = args.dest.join(&args.model_name);
     let target = model_dir.join(args.version.to_string());
+    if args.prune {
+        let mut keep = args.keep_version.clone();
+        keep.push(args.version);
+        prune(&args.dest, &args.model_name, &keep).await;
+    }
     if let Some(marker) = read_marker(&target).await
         && marker.url == shown
         && expected_sha.as_ref().is_none_or(|sha| *sha == marker.sha256)
@@ -317,7 +332,7 @@ async fn download(
         .await
         .map_err(|e| DownloadError::from_io(&format!("cannot create {}", args.dest.display()), &e))?;
     let prefix = format!(".tmp-{}-{}-", args.model_name, args.version);
-    remove_stale_staging(&args.dest, &prefix).await;
+    remove_stale_staging(&args.dest, &args.model_name, Some(args.version)).await;
     let staging = Staging::create(&args.dest, &prefix).await?;
     let artifact = staging.path.join("artifact");
     let content = staging.path.join("content");
@@ -533,25 +548,59 @@ async fn read_marker(target: &Path) -> Option<Marker> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Removes temporary directories left by an earlier run of the same model version that
-/// was killed before it could clean up.
-async fn remove_stale_staging(dest: &Path, prefix: &str) {
+/// Removes the model's version directories other than `keep`, and the temporary directories
+/// of every earlier download of the model (of any version) that was killed before it could
+/// clean up. Failures are logged: what cannot be removed only takes space.
+async fn prune(dest: &Path, model_name: &str, keep: &[u64]) {
+    let model_dir = dest.join(model_name);
+    if let Ok(mut entries) = tokio::fs::read_dir(&model_dir).await {
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name();
+            let Some(version) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if !keep.contains(&version) {
+                info!(path = %entry.path().display(), "removing a version no pod serves");
+                if let Err(e) = tokio::fs::remove_dir_all(entry.path()).await {
+                    warn!(path = %entry.path().display(), error = %e, "cannot remove an old version");
+                }
+            }
+        }
+    }
+    remove_stale_staging(dest, model_name, None).await;
+}
+
+/// Removes the temporary directories of earlier downloads of the model that were killed
+/// before they could clean up: of `version` only, or of every version.
+async fn remove_stale_staging(dest: &Path, model_name: &str, version: Option<u64>) {
     let Ok(mut entries) = tokio::fs::read_dir(dest).await else {
         return;
     };
     while let Ok(Some(entry)) = entries.next_entry().await {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        // Exactly `<prefix><16 hex digits>`: a bare prefix match would also catch another
-        // model's directory (`resnet` version 1 vs `resnet-1` version 5).
-        let ours = name
-            .strip_prefix(prefix)
-            .is_some_and(|suffix| suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit()));
-        if ours {
-            warn!(path = %entry.path().display(), "removing stale temporary directory");
+        if is_staging_of(&entry.file_name().to_string_lossy(), model_name, version) {
+            warn!(path = %entry.path().display(), "removing the temporary directory of a killed download");
             let _ = tokio::fs::remove_dir_all(entry.path()).await;
         }
     }
+}
+
+/// Whether `name` is exactly `.tmp-<model_name>-<version>-<16 hex digits>` (of `version` when
+/// given): a bare prefix match would also catch another model's (`resnet` version 1 and
+/// `resnet-1` version 5).
+fn is_staging_of(name: &str, model_name: &str, version: Option<u64>) -> bool {
+    let Some((v, suffix)) = name
+        .strip_prefix(".tmp-")
+        .and_then(|n| n.strip_prefix(model_name))
+        .and_then(|n| n.strip_prefix('-'))
+        .and_then(|n| n.split_once('-'))
+    else {
+        return false;
+    };
+    let is_version = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    is_version
+        && version.is_none_or(|version| v.parse() == Ok(version))
+        && suffix.len() == 16
+        && suffix.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The temporary directory; removed when dropped, whatever happened.
@@ -757,9 +806,41 @@ mod tests {
         let other_model = tmp.path().join(".tmp-resnet-1-5-0123456789abcdef");
         std::fs::create_dir(&ours).unwrap();
         std::fs::create_dir(&other_model).unwrap();
-        remove_stale_staging(tmp.path(), ".tmp-resnet-1-").await;
+        remove_stale_staging(tmp.path(), "resnet", Some(1)).await;
         assert!(!ours.exists());
         assert!(other_model.exists());
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_this_version_and_the_served_ones_and_no_killed_downloads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = |p: &str| {
+            let path = tmp.path().join(p);
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("saved_model.pb"), b"x").unwrap();
+            path
+        };
+        let (v1, v2, v3) = (dir("resnet/1"), dir("resnet/2"), dir("resnet/3"));
+        let not_a_version = dir("resnet/notes");
+        let killed = [
+            dir(".tmp-resnet-2-0123456789abcdef"),
+            dir(".tmp-resnet-1-fedcba9876543210"),
+        ];
+        let other_models = [dir("resnet-1/1"), dir(".tmp-resnet-1-5-0123456789abcdef")];
+        let args = parse(&["--url=https://h/m.tar", "--prune", "--keep-version=2"]).unwrap();
+        assert!(args.prune);
+        assert_eq!(args.keep_version, [2]);
+
+        prune(tmp.path(), "resnet", &[2, 3]).await;
+        assert!(!v1.exists(), "a version no pod serves is removed");
+        assert!(v2.exists() && v3.exists());
+        assert!(not_a_version.exists(), "only version directories are the downloader's");
+        for path in &killed {
+            assert!(!path.exists(), "a killed download's {} is removed", path.display());
+        }
+        for path in &other_models {
+            assert!(path.exists(), "{} is another model's", path.display());
+        }
     }
 
     #[test]

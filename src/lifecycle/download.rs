@@ -1,6 +1,9 @@
 //! Stage two of [`super::decide`]: the download Job of the version the spec needs.
 
-use super::pods::{diagnose, first_line};
+use kube::ResourceExt;
+
+use super::observe::JobObs;
+use super::pods::{Problem, diagnose, first_line};
 use super::{Action, ChildRef, Observed, Plan, PodObs, Settings, observe, reason};
 use crate::api::{MLModel, Phase};
 use crate::resources::{self, DownloadContext};
@@ -26,17 +29,47 @@ pub(super) fn download(
             actions.push(Action::Delete(ChildRef::Job(stale.name.clone())));
         }
     }
-    let downloaded = job.is_some_and(|j| j.succeeded)
-        || report
-            .previous
-            .serving
-            .as_ref()
-            .is_some_and(|s| s.generation == version);
+    // The volume is the truth: a version counts as downloaded only into the claim that exists
+    // now. A Job created before the claim filled another volume; a serving version recorded
+    // with another claim's uid was on another volume.
+    let pvc = observed.pvc.as_ref();
+    let into_this_claim = |j: &&JobObs| match (j.created, pvc.and_then(|p| p.created)) {
+        (Some(job), Some(claim)) => job >= claim,
+        _ => pvc.is_some(),
+    };
+    let downloaded = job.filter(into_this_claim).is_some_and(|j| j.succeeded)
+        || report.previous.serving.as_ref().is_some_and(|s| {
+            s.generation == version
+                && pvc.is_some_and(|p| s.claim_uid.is_none() || s.claim_uid == p.uid)
+                && job.is_none_or(|j| !j.succeeded || into_this_claim(&j))
+        });
     if !downloaded {
         match job {
+            Some(j) if j.succeeded => {
+                // Succeeded into a claim that is gone: downloaded again once that Job is.
+                if !j.deleting {
+                    actions.push(Action::Delete(ChildRef::Job(j.name.clone())));
+                }
+                let message = format!(
+                    "volume {} is new: version {version} is downloaded into it again",
+                    resources::pvc_name(&model.name_any())
+                );
+                report.phase(Phase::Downloading, "Downloading", message.clone());
+                report.downloaded(false, "Downloading", &message);
+            }
             None => {
+                // What pods serve stays on the volume; older versions go as this one comes.
+                let mut keep_versions: Vec<i64> = observed
+                    .deployment
+                    .iter()
+                    .filter_map(|d| d.version)
+                    .chain(observed.pods.iter().filter(|p| !p.download).filter_map(|p| p.version))
+                    .collect();
+                keep_versions.sort_unstable();
+                keep_versions.dedup();
                 let ctx = DownloadContext {
                     traceparent: report.previous.traceparent.clone(),
+                    keep_versions,
                 };
                 let job = resources::download_job(model, version, &settings.build, &ctx);
                 actions.push(Action::ApplyJob(Box::new(job)));
@@ -61,24 +94,23 @@ pub(super) fn download(
                 let problem = pods
                     .iter()
                     .filter_map(|p| diagnose(p, observed.now, settings))
-                    .min_by_key(|p| p.pod.clone());
+                    .min_by_key(|p| p.pod.clone())
+                    .or_else(|| pods.is_empty().then(|| cannot_create(j)).flatten());
                 match problem {
-                    Some(p) if p.fatal => {
-                        report.downloaded(false, &p.reason, &p.message);
-                        report.fail(&p.reason, format!("download Job {}: {}", j.name, p.message));
-                    }
                     // The scheduler reports an unbound claim until it retries after the
-                    // claim binds; while within the grace period that is not news.
+                    // claim binds: that is the storage stage's to judge (a claim that cannot
+                    // be provisioned is StorageUnavailable), never a failure of the pod.
                     Some(p) if p.message.contains("unbound immediate PersistentVolumeClaims") => {
-                        if let Some(after) = p.fatal_in {
-                            requeue.at(after);
-                        }
                         report.phase(
                             Phase::Downloading,
                             "Downloading",
                             format!("downloading {}", model.spec.shown_source()),
                         );
                         report.downloaded(false, "Downloading", "the download Job is waiting for its volume");
+                    }
+                    Some(p) if p.fatal => {
+                        report.downloaded(false, &p.reason, &p.message);
+                        report.fail(&p.reason, format!("download Job {}: {}", j.name, p.message));
                     }
                     Some(p) => {
                         if let Some(after) = p.fatal_in {
@@ -106,6 +138,24 @@ pub(super) fn download(
     }
     report.downloaded(true, "Downloaded", &format!("version {version} is on the volume"));
     true
+}
+
+/// A Job with no pod whose controller reports it cannot create one: a quota, an admission
+/// check (the reason a refused write of the operator's would get; anything else
+/// `FailedCreate`). The Job controller retries by itself.
+fn cannot_create(job: &JobObs) -> Option<Problem> {
+    let w = job.warning.as_ref().filter(|w| w.reason == "FailedCreate")?;
+    let why = match super::refusal_reason(&w.message) {
+        reason::FORBIDDEN => reason::FAILED_CREATE,
+        other => other,
+    };
+    Some(Problem {
+        pod: job.name.clone(),
+        reason: why.to_owned(),
+        message: format!("cannot create its pod: {}", w.message),
+        fatal: true,
+        fatal_in: None,
+    })
 }
 
 fn download_failure_message(job: &observe::JobObs, pods: &[PodObs]) -> String {

@@ -38,6 +38,9 @@ pub struct Settings {
     pub crash_loop_restarts: i32,
     /// How long deletion waits for children before it forces them.
     pub force_delete_after: Duration,
+    /// How long a claim's provisioning, or a pod's volume mount, may keep failing before the
+    /// model is Failed.
+    pub storage_grace: Duration,
 }
 
 impl Default for Settings {
@@ -48,6 +51,7 @@ impl Default for Settings {
             image_pull_grace: Duration::from_secs(120),
             crash_loop_restarts: 3,
             force_delete_after: Duration::from_secs(60),
+            storage_grace: Duration::from_secs(120),
         }
     }
 }
@@ -195,6 +199,16 @@ pub mod reason {
     pub const CONTROLLER_ERROR: &str = "ControllerError";
     /// The model's volume lost its PersistentVolume.
     pub const VOLUME_LOST: &str = "VolumeLost";
+    /// The model's claim cannot be provisioned (its provisioner's `ProvisioningFailed`).
+    pub const STORAGE_UNAVAILABLE: &str = "StorageUnavailable";
+    /// The model's claim was deleted while the model lives; it starts again on a new claim.
+    pub const VOLUME_DELETED: &str = "VolumeDeleted";
+    /// The kubelet cannot mount a pod's volume (its `FailedMount` Event).
+    pub const FAILED_MOUNT: &str = "FailedMount";
+    /// The kubelet cannot attach a pod's volume to its node (its `FailedAttachVolume` Event).
+    pub const FAILED_ATTACH_VOLUME: &str = "FailedAttachVolume";
+    /// The kubelet cannot create a pod's sandbox (its `FailedCreatePodSandBox` Event).
+    pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
     /// A write was refused with 403 for want of a permission (RBAC or an admission policy
     /// that names no other cause).
     pub const FORBIDDEN: &str = "Forbidden";
@@ -250,6 +264,10 @@ pub mod reason {
         FAILED_CREATE,
         PROGRESS_DEADLINE_EXCEEDED,
         VOLUME_LOST,
+        STORAGE_UNAVAILABLE,
+        FAILED_MOUNT,
+        FAILED_ATTACH_VOLUME,
+        FAILED_CREATE_POD_SANDBOX,
         QUOTA_EXCEEDED,
         ADMISSION_DENIED,
         NAMESPACE_TERMINATING,
@@ -357,8 +375,8 @@ pub fn decide(model: &MLModel, observed: &Observed, settings: &Settings) -> Deci
             .phase(Phase::Pending, reason::WAITING_FOR_PREVIOUS_MODEL, message);
         return plan.into_decision();
     }
-    let storage = storage::storage(model, observed, &mut plan);
-    if storage == Storage::Lost {
+    let storage = storage::storage(model, observed, settings, &mut plan);
+    if matches!(storage, Storage::Failed | Storage::Deleted) {
         return plan.into_decision();
     }
     let version = target_version(model, observed);
@@ -400,6 +418,23 @@ pub fn transition_event(old: Option<&MLModelStatus>, new: &MLModelStatus) -> Opt
             warning: true,
             reason: f.reason.clone(),
             note: f.message.clone(),
+        });
+    }
+    // A volume deleted under the model takes it down until it is served again: a warning,
+    // whatever the phase was.
+    let ready_reason = |s: &MLModelStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.reason.clone())
+    };
+    if ready_reason(new).as_deref() == Some(reason::VOLUME_DELETED)
+        && old.and_then(ready_reason).as_deref() != Some(reason::VOLUME_DELETED)
+    {
+        return Some(EventNote {
+            warning: true,
+            reason: reason::VOLUME_DELETED.to_owned(),
+            note: new.message.clone().unwrap_or_default(),
         });
     }
     if old_phase == new.phase {

@@ -45,9 +45,28 @@ impl Observed {
     }
 }
 
+/// A Warning Event a component of the cluster reported about a child, in its own words:
+/// a provisioner that cannot make the claim's volume, a kubelet that cannot mount it, a Job
+/// controller that cannot create its pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Warning {
+    /// The Event's reason, e.g. `ProvisioningFailed`, `FailedMount`, `FailedCreate`.
+    pub reason: String,
+    /// The Event's message.
+    pub message: String,
+    /// When it was first reported.
+    pub first: Option<Timestamp>,
+    /// When it was last reported.
+    pub last: Option<Timestamp>,
+}
+
 /// The volume claim.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PvcObs {
+    /// The claim's uid: a claim deleted and made again is another volume.
+    pub uid: Option<String>,
+    /// When the claim was created.
+    pub created: Option<Timestamp>,
     /// `Pending`, `Bound` or `Lost`.
     pub phase: String,
     /// Deletion requested.
@@ -56,6 +75,8 @@ pub struct PvcObs {
     pub requested: Option<String>,
     /// The storage its volume has (`status.capacity.storage`), once bound.
     pub capacity: Option<String>,
+    /// The provisioner's latest `ProvisioningFailed` Event.
+    pub warning: Option<Warning>,
 }
 
 /// A download Job.
@@ -73,6 +94,10 @@ pub struct JobObs {
     pub failed: Option<(String, String)>,
     /// Deletion requested.
     pub deleting: bool,
+    /// When the Job was created: a Job older than the claim filled another volume.
+    pub created: Option<Timestamp>,
+    /// The Job controller's latest `FailedCreate` Event: it cannot create the pod.
+    pub warning: Option<Warning>,
 }
 
 /// A container's termination.
@@ -113,6 +138,9 @@ pub struct PodObs {
     pub terminated: Option<Terminated>,
     /// Highest restart count among its containers.
     pub restarts: i32,
+    /// The kubelet's latest Warning Event about starting it: a volume it cannot mount or
+    /// attach, a sandbox it cannot create.
+    pub warning: Option<Warning>,
 }
 
 /// The serving Deployment.
@@ -148,6 +176,8 @@ fn version_of(labels: &std::collections::BTreeMap<String, String>) -> Option<i64
 /// Summarises a PVC.
 pub fn pvc(p: &PersistentVolumeClaim) -> PvcObs {
     PvcObs {
+        uid: p.metadata.uid.clone(),
+        created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
         phase: p
             .status
             .as_ref()
@@ -167,6 +197,7 @@ pub fn pvc(p: &PersistentVolumeClaim) -> PvcObs {
             .and_then(|s| s.capacity.as_ref())
             .and_then(|c| c.get("storage"))
             .map(|q| q.0.clone()),
+        warning: None,
     }
 }
 
@@ -187,6 +218,8 @@ pub fn job(j: &CachedJob) -> Option<JobObs> {
             )
         }),
         deleting: j.metadata.deletion_timestamp.is_some(),
+        created: j.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        warning: None,
     })
 }
 
@@ -242,6 +275,7 @@ pub fn pod(p: &CachedPod) -> PodObs {
         waiting,
         terminated,
         restarts: containers.iter().map(|c| c.restart_count).max().unwrap_or(0),
+        warning: None,
     }
 }
 

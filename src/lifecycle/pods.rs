@@ -113,6 +113,22 @@ pub(super) fn diagnose(pod: &PodObs, now: Timestamp, settings: &Settings) -> Opt
             ),
         });
     }
+    // Still being started: the kubelet's Warning Events say what holds it (a volume it cannot
+    // mount or attach, a sandbox it cannot create). Often transient, so only after a grace.
+    if pod.phase == "Pending"
+        && let Some(w) = &pod.warning
+    {
+        let why = match w.reason.as_str() {
+            "FailedAttachVolume" => reason::FAILED_ATTACH_VOLUME,
+            "FailedCreatePodSandBox" => reason::FAILED_CREATE_POD_SANDBOX,
+            _ => reason::FAILED_MOUNT,
+        };
+        return Some(problem(
+            why,
+            format!("cannot start: {}: {}", w.reason, w.message),
+            grace(w.first.or(pod.created), settings.storage_grace),
+        ));
+    }
     if pod.phase == "Failed" && !pod.download {
         return Some(problem(
             reason::POD_FAILED,

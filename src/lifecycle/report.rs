@@ -32,6 +32,8 @@ pub(super) struct Report {
     pub source: String,
     pub model_url: String,
     pub endpoint: Option<String>,
+    /// The uid of the model's claim, once it exists: where the serving version is.
+    pub claim_uid: Option<String>,
 }
 
 impl Report {
@@ -60,6 +62,7 @@ impl Report {
                 .spec
                 .expose
                 .then(|| resources::service_endpoint(model, &settings.build)),
+            claim_uid: None,
         }
     }
 
@@ -144,6 +147,7 @@ impl Report {
             generation: version,
             model_url: self.model_url.clone(),
             source: Some(self.source.clone()),
+            claim_uid: self.claim_uid.clone(),
         });
         self.status.service_endpoint = self.endpoint.clone();
         self.phase(Phase::Ready, reason, message);

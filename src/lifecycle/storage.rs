@@ -3,8 +3,9 @@
 use kube::ResourceExt;
 
 use super::observe::PvcObs;
-use super::{Action, Observed, Plan, reason};
-use crate::api::MLModel;
+use super::pods::elapsed;
+use super::{Action, ChildRef, Observed, Plan, Settings, reason, serving};
+use crate::api::{MLModel, Phase};
 use crate::resources;
 
 /// Where the model's volume stands.
@@ -14,12 +15,17 @@ pub(super) enum Storage {
     Bound,
     /// Requested or not bound yet, with what the model waits for.
     Unbound(String),
-    /// The claim lost its volume: the model is Failed.
-    Lost,
+    /// The claim lost its volume, or its volume cannot be provisioned: the model is Failed.
+    Failed,
+    /// The claim was deleted while the model lives: its pods are stopped so that it can go,
+    /// and the model starts again on a new claim.
+    Deleted,
 }
 
-/// Requests the claim when it is missing and reports a lost volume.
-pub(super) fn storage(model: &MLModel, observed: &Observed, plan: &mut Plan) -> Storage {
+/// Requests the claim when it is missing, and reports a claim that cannot be provisioned, a
+/// lost volume, or a claim deleted under the model.
+pub(super) fn storage(model: &MLModel, observed: &Observed, settings: &Settings, plan: &mut Plan) -> Storage {
+    let name = resources::pvc_name(&model.name_any());
     match &observed.pvc {
         // The claim and the download Job are created together: the Job's pod waits for the
         // claim to bind, and no round trip is spent waiting for it here.
@@ -28,27 +34,73 @@ pub(super) fn storage(model: &MLModel, observed: &Observed, plan: &mut Plan) -> 
                 .push(Action::ApplyPvc(Box::new(resources::persistent_volume_claim(model))));
             Storage::Unbound("creating the model's volume".to_owned())
         }
+        Some(pvc) if pvc.deleting => {
+            deleted(model, observed, plan);
+            Storage::Deleted
+        }
         Some(pvc) if pvc.phase == "Lost" => {
-            let message = format!(
-                "volume {} lost its PersistentVolume; delete the claim to have it re-created",
-                resources::pvc_name(&model.name_any())
-            );
+            let message = format!("volume {name} lost its PersistentVolume; delete the claim to have it re-created");
             plan.report.downloaded(false, reason::VOLUME_LOST, &message);
             plan.report.fail(reason::VOLUME_LOST, message);
-            Storage::Lost
+            Storage::Failed
         }
-        Some(pvc) if pvc.phase != "Bound" => Storage::Unbound(format!(
-            "waiting for volume {} to be bound (it is {})",
-            resources::pvc_name(&model.name_any()),
-            pvc.phase
-        )),
-        Some(pvc) => {
-            if !pvc.deleting {
-                resize(model, pvc, observed.resize_refused.as_ref(), plan);
+        Some(pvc) if pvc.phase != "Bound" => {
+            plan.report.claim_uid = pvc.uid.clone();
+            // A provisioner that reports failures may still succeed on a retry (a StorageClass
+            // created late, a backend back up): failed only once it has failed for the grace.
+            let failing = pvc.warning.as_ref().filter(|w| w.reason == "ProvisioningFailed");
+            match failing {
+                Some(w) => {
+                    let since = w.first.or(pvc.created).unwrap_or(observed.now);
+                    let waited = elapsed(since, observed.now);
+                    if waited >= settings.storage_grace {
+                        let message = format!("volume {name} cannot be provisioned: {}", w.message);
+                        plan.report.downloaded(false, reason::STORAGE_UNAVAILABLE, &message);
+                        plan.report.fail(reason::STORAGE_UNAVAILABLE, message);
+                        serving::availability(observed, plan);
+                        return Storage::Failed;
+                    }
+                    plan.requeue.at(settings.storage_grace - waited);
+                    Storage::Unbound(format!(
+                        "waiting for volume {name} to be provisioned (it is {}); the provisioner retries after: {}",
+                        pvc.phase, w.message
+                    ))
+                }
+                None => Storage::Unbound(format!("waiting for volume {name} to be bound (it is {})", pvc.phase)),
             }
+        }
+        Some(pvc) => {
+            plan.report.claim_uid = pvc.uid.clone();
+            resize(model, pvc, observed.resize_refused.as_ref(), plan);
             Storage::Bound
         }
     }
+}
+
+/// The claim was deleted while the model lives. Its `kubernetes.io/pvc-protection` finalizer
+/// holds it while pods mount it: the serving Deployment and the download Jobs are deleted so
+/// that it can go, and the next reconcile makes a new claim and downloads into it.
+fn deleted(model: &MLModel, observed: &Observed, plan: &mut Plan) {
+    let name = resources::pvc_name(&model.name_any());
+    if observed.deployment.as_ref().is_some_and(|d| !d.deleting) {
+        plan.actions
+            .push(Action::Delete(ChildRef::Deployment(resources::deployment_name(
+                &model.name_any(),
+            ))));
+    }
+    for job in observed.jobs.iter().filter(|j| !j.deleting) {
+        plan.actions.push(Action::Delete(ChildRef::Job(job.name.clone())));
+    }
+    let message = format!(
+        "volume {name} was deleted: the model's pods are stopped so that it can go, then the model is downloaded \
+         into a new volume and served again"
+    );
+    let report = &mut plan.report;
+    report.status.serving = None;
+    report.status.service_endpoint = None;
+    report.downloaded(false, reason::VOLUME_DELETED, &message);
+    report.available(false, reason::VOLUME_DELETED, &message);
+    report.phase(Phase::CreatingStorage, reason::VOLUME_DELETED, message);
 }
 
 /// Grows the bound claim to a larger `storageSize` (the schema refuses a smaller one), and

@@ -126,3 +126,30 @@ pub async fn terminated(api: &Api<Pod>, pod: &Pod, exit_code: i32, message: &str
     });
     patch(api, &pod.name_any(), status).await;
 }
+
+/// The kubelet's Warning Event about the pod (e.g. `FailedMount`), as it records one: a
+/// core/v1 Event about the pod, with its uid, from component `kubelet`.
+pub async fn warning_event(client: kube::Client, pod: &Pod, reason: &str, message: &str) {
+    use k8s_openapi::api::core::v1::Event;
+    let namespace = pod.namespace().expect("a namespaced pod");
+    let events: Api<Event> = Api::namespaced(client, &namespace);
+    let event: Event = serde_json::from_value(json!({
+        "metadata": { "generateName": format!("{}.", pod.name_any()) },
+        "involvedObject": {
+            "kind": "Pod", "apiVersion": "v1", "namespace": namespace,
+            "name": pod.name_any(), "uid": pod.uid(),
+        },
+        "reason": reason,
+        "message": message,
+        "type": "Warning",
+        "source": { "component": "kubelet", "host": pod.spec.as_ref().and_then(|s| s.node_name.clone()) },
+        "firstTimestamp": now(),
+        "lastTimestamp": now(),
+        "count": 1,
+    }))
+    .expect("an Event");
+    events
+        .create(&Default::default(), &event)
+        .await
+        .unwrap_or_else(|e| panic!("recording {reason} for pod {}: {e}", pod.name_any()));
+}

@@ -182,6 +182,7 @@ fn reap_with_test_process(pid: u32) {
 pub const SHORT_THRESHOLDS: &[(&str, &str)] = &[
     ("UNSCHEDULABLE_GRACE_SECONDS", "5"),
     ("IMAGE_PULL_GRACE_SECONDS", "3"),
+    ("STORAGE_GRACE_SECONDS", "5"),
     ("CRASH_LOOP_RESTARTS", "3"),
     ("FORCE_DELETE_AFTER_SECONDS", "20"),
     ("MAX_ACTOR_RESTARTS", "2"),

@@ -18,7 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::deletion::child_label;
-use super::observe::{self, DeploymentObs, JobObs, PvcObs, ServiceObs, Terminated};
+use super::observe::{self, DeploymentObs, JobObs, PvcObs, ServiceObs, Terminated, Warning};
 use super::{
     Action, ChildRef, Decision, Observed, PodObs, Settings, decide, failed_status, reason, refusal_reason,
     target_version, transition_event, validate,
@@ -105,12 +105,18 @@ fn nothing() -> Observed {
     }
 }
 
+/// The uid of the claim [`pvc`] observes.
+const CLAIM_UID: &str = "0b6c2d1e-claim";
+
 fn pvc(phase: &str) -> Option<PvcObs> {
     Some(PvcObs {
+        uid: Some(CLAIM_UID.to_owned()),
+        created: Some(ago(3600)),
         phase: phase.to_owned(),
         deleting: false,
         requested: None,
         capacity: None,
+        warning: None,
     })
 }
 
@@ -123,6 +129,8 @@ fn running_job(m: &MLModel, version: i64) -> JobObs {
         succeeded: false,
         failed: None,
         deleting: false,
+        created: None,
+        warning: None,
     }
 }
 
@@ -178,6 +186,7 @@ fn pod(name: &str, version: i64) -> PodObs {
         waiting: None,
         terminated: None,
         restarts: 0,
+        warning: None,
     }
 }
 
@@ -292,6 +301,16 @@ fn applied_job(d: &Decision) -> &Job {
             _ => None,
         })
         .expect("an ApplyJob action")
+}
+
+/// The container of the download Job the decision applies.
+fn applied_job_container(d: &Decision) -> &k8s_openapi::api::core::v1::Container {
+    &applied_job(d)
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod spec")
+        .containers[0]
 }
 
 fn applied_deployment(d: &Decision) -> &Deployment {

@@ -110,6 +110,7 @@ fn observe_pod_reads_an_unschedulable_download_pod() {
             waiting: None,
             terminated: None,
             restarts: 0,
+            warning: None,
         }
     );
 }
@@ -350,6 +351,8 @@ fn observe_job_reads_conditions_version_and_source() {
                 succeeded: case.succeeded,
                 failed,
                 deleting: false,
+                created: None,
+                warning: None,
             },
             "{}",
             case.name
@@ -388,6 +391,9 @@ fn observe_reads_the_objects_the_builders_make() {
     let asked = |phase: &str, capacity: Option<&str>| PvcObs {
         requested: Some(m.spec.storage_size.clone()),
         capacity: capacity.map(str::to_owned),
+        // The built claim has no uid and no creation time yet.
+        uid: None,
+        created: None,
         ..pvc(phase).unwrap()
     };
     assert_eq!(observe::pvc(&claim), asked("Pending", None));
