@@ -9,7 +9,7 @@
 //! whose children differ afterwards is woken.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,9 +19,8 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use kube::api::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -32,9 +31,8 @@ use tokio::sync::watch;
 use super::ModelKey;
 use super::messages::SupervisorMsg;
 use super::warnings::{Involved, Kept, Warnings, kept};
-use crate::api::MLModel;
 use crate::cluster::Written;
-use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedPod};
+use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedModel, CachedPod};
 use crate::lifecycle::observe;
 use crate::resources::{
     COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, MODEL_UID_LABEL, SOURCE_ANNOTATION,
@@ -42,7 +40,45 @@ use crate::resources::{
 };
 
 /// Child names per model.
-type ChildNames = HashMap<ModelKey, BTreeSet<String>>;
+type ChildNames = HashMap<ModelKey, Names>;
+
+/// The names of a model's children of one kind: a sorted list, as there are one or two (a
+/// `BTreeSet` node would cost ten times the names themselves).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Names(Vec<String>);
+
+impl Names {
+    fn insert(&mut self, name: String) {
+        if let Err(at) = self.0.binary_search(&name) {
+            self.0.insert(at, name);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(at) = self.0.binary_search_by(|n| n.as_str().cmp(name)) {
+            self.0.remove(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &String> {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+impl<const N: usize> From<[String; N]> for Names {
+    fn from(names: [String; N]) -> Self {
+        let mut list = Self::default();
+        for name in names {
+            list.insert(name);
+        }
+        list
+    }
+}
 
 /// A relist in progress: the names it listed so far, and the models whose children changed.
 type Relist = (ChildNames, HashSet<ModelKey>);
@@ -147,8 +183,9 @@ where
 /// The caches behind the watch streams. Cheap to clone.
 #[derive(Clone)]
 pub struct Caches {
-    /// MLModels, kept untyped so one malformed object cannot break the stream for the others.
-    pub models: Stores<DynamicObject>,
+    /// MLModels, spec and status kept as text so one malformed object cannot break the stream
+    /// for the others.
+    pub models: Stores<CachedModel>,
     /// The operator's PVCs (spec dropped).
     pub pvcs: Stores<PersistentVolumeClaim>,
     /// The operator's Jobs (no spec).
@@ -190,10 +227,8 @@ fn owner_of(meta: &ObjectMeta, key: &ModelKey, uid: &str) -> Owner {
 
 impl Caches {
     /// The model's current object, if it exists.
-    pub fn model(&self, key: &ModelKey) -> Option<Arc<DynamicObject>> {
-        let ar = ApiResource::erase::<MLModel>(&());
-        self.models
-            .get(&ObjectRef::new_with(&key.name, ar).within(&key.namespace))
+    pub fn model(&self, key: &ModelKey) -> Option<Arc<CachedModel>> {
+        self.models.get(&ObjectRef::new(&key.name).within(&key.namespace))
     }
 
     /// The resourceVersion the caches hold for the child `written` names.
@@ -272,7 +307,7 @@ impl Caches {
         // Pods belong to a Job or a ReplicaSet; the uid label says which model they serve.
         // Pods of a previous model are gone with its Jobs and Deployment, never waited for.
         let pods = lookup(&self.pods, &self.index.pods, key)
-            .filter(|p| p.labels().get(MODEL_UID_LABEL).is_none_or(|u| u == uid))
+            .filter(|p| p.tags.model_uid.as_deref().is_none_or(|u| u == uid))
             .map(|p| observe::PodObs {
                 warning: self.warning(&p.metadata, "Pod"),
                 ..observe::pod(&p)
@@ -309,9 +344,9 @@ impl Caches {
             ObjectRef::new(&involved.name).within(&involved.namespace)
         }
         match involved.kind {
-            "Pod" => model_of(&self.pods.get(&at(involved))?.metadata),
-            "Job" => model_of(&self.jobs.get(&at(involved))?.metadata),
-            "PersistentVolumeClaim" => model_of(&self.pvcs.get(&at(involved))?.metadata),
+            "Pod" => self.pods.get(&at(involved))?.model(),
+            "Job" => self.jobs.get(&at(involved))?.model(),
+            "PersistentVolumeClaim" => self.pvcs.get(&at(involved))?.model(),
             _ => None,
         }
     }
@@ -389,7 +424,6 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     let children = watcher::Config::default().labels(&selector).any_semantic();
     let index = Arc::new(Index::default());
-    let ar = ApiResource::erase::<MLModel>(&());
     let mut caches = Caches {
         models: Stores::default(),
         pvcs: Stores::default(),
@@ -404,14 +438,9 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
         let ns = namespace.as_deref();
         // Readiness flags of this watch: one per kind, in the order of STREAMS.
         let flag = |kind: usize| n * STREAMS.len() + kind;
-        let w = Writer::new(ar.clone());
-        caches.models.push(namespace, w.as_reader());
-        let api: Api<DynamicObject> = match ns {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-            None => Api::all_with(client.clone(), &ar),
-        };
-        let stream = watcher::watcher(api, watcher::Config::default().any_semantic())
-            .default_backoff()
+        let (store, w) = reflector::store();
+        caches.models.push(namespace, store);
+        let stream = watch(&client, ns, watcher::Config::default().any_semantic())
             .modify(trim_model)
             .reflect(w);
         tokio::spawn(run_model_stream(stream, ready.clone(), flag(0), route.clone()));
@@ -492,11 +521,13 @@ fn trim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
 }
 
-/// The labels and annotations of a child that anything reads: which model and version it
-/// belongs to, what it is, and what it was applied from. (Controllers add their own labels to
-/// Jobs and pods, a few hundred bytes on each of thousands of objects.)
+/// A child's metadata without what nobody reads. Of the labels and annotations, only which
+/// model and version it belongs to, what it is, and what it was applied from are kept (Jobs,
+/// pods and Deployments have these lifted out into their tags as they are read).
 fn trim_child_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
+    // The prefix a pod's or a Job's name was generated from.
+    meta.generate_name = None;
     if let Some(labels) = meta.labels.as_mut() {
         labels.retain(|k, _| [MODEL_LABEL, MODEL_UID_LABEL, VERSION_LABEL, COMPONENT_LABEL].contains(&k.as_str()));
     }
@@ -507,7 +538,7 @@ fn trim_child_meta(meta: &mut ObjectMeta) {
 
 /// The model as cached: `kubectl apply`'s copy of the last applied manifest (the whole spec
 /// again) is not read.
-fn trim_model(o: &mut DynamicObject) {
+fn trim_model(o: &mut CachedModel) {
     trim_meta(&mut o.metadata);
     if let Some(annotations) = o.metadata.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
@@ -548,7 +579,6 @@ fn trim_job(j: &mut CachedJob) {
 
 fn trim_pod(p: &mut CachedPod) {
     trim_child_meta(&mut p.metadata);
-    p.metadata.annotations = None;
     p.metadata.owner_references = None;
     if let Some(s) = p.status.as_mut() {
         *s = k8s_openapi::api::core::v1::PodStatus {
@@ -579,14 +609,6 @@ fn trim_pod(p: &mut CachedPod) {
 
 fn trim_deployment(d: &mut CachedDeployment) {
     trim_child_meta(&mut d.metadata);
-    if let Some(labels) = d
-        .spec
-        .as_mut()
-        .and_then(|s| s.template.metadata.as_mut())
-        .and_then(|m| m.labels.as_mut())
-    {
-        labels.retain(|k, _| k == VERSION_LABEL);
-    }
     if let Some(s) = d.status.as_mut() {
         // The conditions that tell why it cannot go on, without their timestamps.
         s.conditions = s.conditions.take().and_then(|list| {
@@ -606,12 +628,46 @@ fn trim_deployment(d: &mut CachedDeployment) {
     }
 }
 
-fn model_of(meta: &ObjectMeta) -> Option<ModelKey> {
+/// A cached child: which model it belongs to, from its model label.
+trait Child: Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
+    /// The model it belongs to.
+    fn model(&self) -> Option<ModelKey>;
+}
+
+fn labelled_model(meta: &ObjectMeta) -> Option<ModelKey> {
+    tagged_model(meta, meta.labels.as_ref()?.get(MODEL_LABEL))
+}
+
+fn tagged_model(meta: &ObjectMeta, model: Option<&String>) -> Option<ModelKey> {
     Some(ModelKey {
         namespace: meta.namespace.clone()?,
-        name: meta.labels.as_ref()?.get(MODEL_LABEL)?.clone(),
+        name: model?.clone(),
     })
 }
+
+impl Child for PersistentVolumeClaim {
+    fn model(&self) -> Option<ModelKey> {
+        labelled_model(&self.metadata)
+    }
+}
+
+impl Child for PartialObjectMeta<Service> {
+    fn model(&self) -> Option<ModelKey> {
+        labelled_model(&self.metadata)
+    }
+}
+
+/// The views whose tags were lifted out of their metadata.
+macro_rules! tagged_child {
+    ($($view:ty),*) => {$(
+        impl Child for $view {
+            fn model(&self) -> Option<ModelKey> {
+                tagged_model(&self.metadata, self.tags.model.as_ref())
+            }
+        }
+    )*};
+}
+tagged_child!(CachedJob, CachedPod, CachedDeployment);
 
 /// One child stream of one watch: which kind, its readiness flag, the namespace it lists.
 struct ChildStream {
@@ -627,7 +683,7 @@ impl ChildStream {
     /// Runs the stream: keeps its part of the index and wakes the model each event concerns.
     fn spawn<K, S>(self, stream: S, store: Store<K>, part: fn(&Index) -> &KindIndex)
     where
-        K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+        K: Child,
         S: Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
     {
         let ChildStream {
@@ -654,18 +710,18 @@ impl ChildStream {
                 };
                 match event {
                     Event::Apply(o) => {
-                        let Some(key) = model_of(o.meta()) else { continue };
+                        let Some(key) = o.model() else { continue };
                         part(&index).insert(key.clone(), o.name_any());
                         send(&route, SupervisorMsg::Child { key });
                     }
                     Event::Delete(o) => {
-                        let Some(key) = model_of(o.meta()) else { continue };
+                        let Some(key) = o.model() else { continue };
                         part(&index).remove(&key, &o.name_any());
                         send(&route, SupervisorMsg::Child { key });
                     }
                     Event::Init => relist = Some(Default::default()),
                     Event::InitApply(o) => {
-                        let (Some(key), Some((fresh, changed))) = (model_of(o.meta()), relist.as_mut()) else {
+                        let (Some(key), Some((fresh, changed))) = (o.model(), relist.as_mut()) else {
                             continue;
                         };
                         // The cache still shows the state before the relist: a model whose child
@@ -716,7 +772,7 @@ fn model_key(meta: &ObjectMeta) -> Option<ModelKey> {
 /// by a status write) or go.
 async fn run_model_stream<S>(stream: S, ready: Readiness, flag: usize, route: Route)
 where
-    S: Stream<Item = watcher::Result<Event<DynamicObject>>> + Send + 'static,
+    S: Stream<Item = watcher::Result<Event<CachedModel>>> + Send + 'static,
 {
     hold_for_fault_injection(STREAMS[0]).await;
     futures::pin_mut!(stream);
@@ -890,9 +946,9 @@ mod tests {
         index.insert(key("b"), "b-v1".into());
         index.insert(key("c"), "c-v1".into());
         let fresh = HashMap::from([
-            (key("a"), BTreeSet::from(["a-v1".to_owned()])),
-            (key("b"), BTreeSet::from(["b-v2".to_owned()])),
-            (key("d"), BTreeSet::from(["d-v1".to_owned()])),
+            (key("a"), Names::from(["a-v1".to_owned()])),
+            (key("b"), Names::from(["b-v2".to_owned()])),
+            (key("d"), Names::from(["d-v1".to_owned()])),
         ]);
         let changed = index.replace(None, fresh);
         assert_eq!(changed, HashSet::from([key("b"), key("c"), key("d")]));

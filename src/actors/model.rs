@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::DynamicObject;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, Span};
@@ -53,11 +52,6 @@ pub struct ModelState {
     /// The `storageSize` the API server refused to expand the claim to, with its message;
     /// not asked again until `storageSize` changes.
     resize_refused: Option<(String, String)>,
-}
-
-/// Parses the cached untyped object into an MLModel.
-pub fn parse_model(obj: &DynamicObject) -> Result<MLModel, serde_json::Error> {
-    serde_json::to_value(obj).and_then(serde_json::from_value)
 }
 
 fn version_number(rv: Option<&str>) -> Option<u64> {
@@ -204,17 +198,13 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
     if obj.metadata.uid.as_deref() != Some(state.uid.as_str()) {
         return Ok(());
     }
-    let mut model = match parse_model(&obj) {
+    let mut model = match obj.parse() {
         Ok(model) => model,
         Err(error) => {
             // Written by an older CRD or by hand: report and wait for the object to change.
             tracing::warn!(model = %state.key, %error, "skipping a malformed MLModel");
             state.ctx.metrics.reconcile_error("malformed");
-            let already = obj
-                .data
-                .pointer("/status/message")
-                .and_then(|m| m.as_str())
-                .is_some_and(|m| m.contains(&error.to_string()));
+            let already = obj.status_message().is_some_and(|m| m.contains(&error.to_string()));
             if !already
                 && let Err(e) = state
                     .writer

@@ -9,7 +9,7 @@ use std::time::Instant;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::messages::{ModelMsg, SupervisorMsg};
-use super::model::{ModelActor, parse_model};
+use super::model::ModelActor;
 use super::{ModelKey, SharedContext, backoff};
 use crate::lifecycle::{self, reason};
 
@@ -275,7 +275,7 @@ impl Actor for ModelSupervisor {
 
 /// Marks a model Failed with reason `ControllerError` and the actor's error.
 async fn give_up(ctx: &SharedContext, key: &ModelKey, restarts: usize, error: &str) {
-    let Some(model) = ctx.caches.model(key).and_then(|o| parse_model(&o).ok()) else {
+    let Some(model) = ctx.caches.model(key).and_then(|o| o.parse().ok()) else {
         return;
     };
     let message = format!("the model's controller failed {restarts} times; last error: {error}");

@@ -7,7 +7,7 @@ use kube::{Resource, ResourceExt};
 
 use super::cached::{CachedDeployment, CachedJob, CachedPod};
 
-use crate::resources::{COMPONENT_DOWNLOAD, COMPONENT_LABEL, SOURCE_ANNOTATION, SPEC_HASH_ANNOTATION, VERSION_LABEL};
+use crate::resources::{COMPONENT_DOWNLOAD, SPEC_HASH_ANNOTATION};
 
 /// Everything observed about one model's children at one instant.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -169,10 +169,6 @@ pub struct ServiceObs {
     pub deleting: bool,
 }
 
-fn version_of(labels: &std::collections::BTreeMap<String, String>) -> Option<i64> {
-    labels.get(VERSION_LABEL).and_then(|v| v.parse().ok())
-}
-
 /// Summarises a PVC.
 pub fn pvc(p: &PersistentVolumeClaim) -> PvcObs {
     PvcObs {
@@ -203,13 +199,13 @@ pub fn pvc(p: &PersistentVolumeClaim) -> PvcObs {
 
 /// Summarises a download Job; `None` when it carries no version label (not ours).
 pub fn job(j: &CachedJob) -> Option<JobObs> {
-    let version = version_of(j.labels())?;
+    let version = j.tags.version()?;
     let conditions = j.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
     let is_true = |t: &str| conditions.iter().find(|c| c.type_ == t && c.status == "True");
     Some(JobObs {
         name: j.name_any(),
         version,
-        source: j.annotations().get(SOURCE_ANNOTATION).cloned(),
+        source: j.tags.source.clone(),
         succeeded: is_true("Complete").is_some(),
         failed: is_true("Failed").map(|c| {
             (
@@ -265,8 +261,8 @@ pub fn pod(p: &CachedPod) -> PodObs {
     });
     PodObs {
         name: p.name_any(),
-        download: p.labels().get(COMPONENT_LABEL).map(String::as_str) == Some(COMPONENT_DOWNLOAD),
-        version: version_of(p.labels()),
+        download: p.tags.component.as_deref() == Some(COMPONENT_DOWNLOAD),
+        version: p.tags.version(),
         phase: status.phase.unwrap_or_else(|| "Pending".to_owned()),
         ready,
         deleting: p.metadata.deletion_timestamp.is_some(),
@@ -286,9 +282,9 @@ pub fn deployment(d: &CachedDeployment) -> DeploymentObs {
             .spec
             .as_ref()
             .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.labels.as_ref())
-            .and_then(version_of),
-        spec_hash: d.annotations().get(SPEC_HASH_ANNOTATION).cloned(),
+            .and_then(|m| m.version.as_deref())
+            .and_then(|v| v.parse().ok()),
+        spec_hash: d.tags.spec_hash.clone(),
         ready_replicas: d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
         deleting: d.metadata.deletion_timestamp.is_some(),
         stalled: d
