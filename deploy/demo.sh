@@ -285,6 +285,13 @@ step "installing the CRD and RBAC (deploy/crd, deploy/rbac)"
 for f in crd/mlmodels.yaml rbac/namespace.yaml rbac/rbac.yaml; do
   "${kubectl[@]}" apply --server-side -f "$repo/deploy/$f" | indent
 done
+# `kubectl wait` fails at once, rather than waiting, on a definition with no conditions yet.
+for _ in $(seq 150); do
+  established="$("${kubectl[@]}" get crd mlmodels.oda.tmforum.org \
+    -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}')"
+  [[ "$established" == True ]] && break
+  sleep 0.2
+done
 "${kubectl[@]}" wait --for=condition=Established crd/mlmodels.oda.tmforum.org --timeout=30s | indent
 
 if [[ "$existing" != 1 ]]; then

@@ -84,19 +84,7 @@ fn cluster_with_crd() -> &'static TestCluster {
         if !apply.success {
             return Err(format!("installing {} failed: {}", crd.display(), apply.describe()));
         }
-        let wait = run(
-            cluster.kubectl().args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                &format!("crd/{CRD_NAME}"),
-            ]),
-            None,
-        );
-        if !wait.success {
-            return Err(format!("crd/{CRD_NAME} never became Established: {}", wait.describe()));
-        }
-        Ok(())
+        cluster.wait_crd_established(CRD_NAME, Duration::from_secs(60))
     });
     if let Err(message) = installed {
         panic!("{message}");

@@ -75,12 +75,9 @@ fn wait_for_policy(kubeconfig: &Path) {
 
 /// Waits until the MLModel CRD is served.
 pub fn wait_for_crd() {
-    support::cluster().kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/mlmodels.oda.tmforum.org",
-        "--timeout=30s",
-    ]);
+    if let Err(message) = support::cluster().wait_crd_established("mlmodels.oda.tmforum.org", Duration::from_secs(30)) {
+        panic!("{message}");
+    }
 }
 
 /// Writes a kubeconfig that authenticates with a token of the operator's ServiceAccount

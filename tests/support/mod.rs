@@ -325,6 +325,32 @@ impl TestCluster {
         run_ok(self.kubectl().args(args))
     }
 
+    /// Waits until the CustomResourceDefinition `name` is Established. (`kubectl wait
+    /// --for=condition=Established` fails at once, rather than waiting, on a definition so new
+    /// that it has no conditions yet.)
+    pub fn wait_crd_established(&self, name: &str, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            let out = self
+                .kubectl()
+                .args(["get", "crd", name, "-o"])
+                .arg(r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#)
+                .output()
+                .map_err(|e| format!("running kubectl: {e}"))?;
+            let status = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if out.status.success() && status == "True" {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "crd/{name} is not Established after {timeout:?} (Established={status:?}): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `helm` (built with the cluster's components) against this cluster, its cache, config
     /// and data in the cluster's state dir.
     pub fn helm(&self) -> Command {
