@@ -264,6 +264,8 @@ pub struct CachedModel {
     pub status: Option<Box<str>>,
 }
 
+// The MLModel kind's identity, as `crate::api::MLModel` declares it (a unit test holds the two
+// together): the derive does not make it available as constants.
 impl Resource for CachedModel {
     const API_VERSION: &'static str = "oda.tmforum.org/v1beta1";
     const GROUP: &'static str = "oda.tmforum.org";
@@ -334,6 +336,25 @@ mod tests {
         assert_eq!(
             serde_json::to_value(model).unwrap(),
             serde_json::to_value(expected).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_cached_model_is_watched_as_the_mlmodel_kind() {
+        use kube::Resource as _;
+        let (kind, version) = (crate::api::MLModel::kind(&()), crate::api::MLModel::api_version(&()));
+        let plural = crate::api::MLModel::plural(&());
+        assert_eq!(
+            (CachedModel::KIND, CachedModel::API_VERSION),
+            (kind.as_ref(), version.as_ref())
+        );
+        assert_eq!(CachedModel::URL_PATH_SEGMENT, plural.as_ref());
+        assert_eq!(
+            (CachedModel::GROUP, CachedModel::VERSION),
+            (
+                crate::api::MLModel::group(&()).as_ref(),
+                crate::api::MLModel::version(&()).as_ref()
+            )
         );
     }
 
