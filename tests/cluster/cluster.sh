@@ -72,18 +72,32 @@ port_in_use() {
 }
 
 picked_ports=()
-# pick_port: a free loopback port below the ephemeral range, distinct from earlier picks.
+# pick_port VAR: sets VAR to a free port for a listener, outside this machine's ephemeral range
+# (where every outgoing connection takes its local port) and distinct from this run's earlier
+# picks. Another process can still take the port before it is bound; callers that can see that
+# (etcd, the API server) pick again.
 pick_port() {
-  local p i
-  for ((i = 0; i < 500; i++)); do
-    p=$((20000 + RANDOM % 12000))
+  local lo hi p i
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { lo=32768 hi=60999; }
+  for ((i = 0; i < 1000; i++)); do
+    p=$((10000 + (RANDOM * 32768 + RANDOM) % 50000))
+    ((p >= lo && p <= hi)) && continue
+    # The NodePort range of a real node's kube-proxy.
+    ((p >= 30000 && p <= 32767)) && continue
     [[ " ${picked_ports[*]} " == *" $p "* ]] && continue
     port_in_use "$p" && continue
     picked_ports+=("$p")
-    echo "$p"
+    printf -v "$1" '%s' "$p"
     return 0
   done
-  die "no free port found"
+  die "no free port found outside the ephemeral range $lo-$hi"
+}
+
+# lost_port_race NAME: NAME has exited because its port was taken between pick and bind.
+lost_port_race() {
+  local pid
+  pid="$(cat "$state/pids/$1.pid")"
+  ! alive "$pid" && grep -q 'address already in use' "$state/logs/$1.log" 2>/dev/null
 }
 
 abs_path() {
@@ -193,11 +207,7 @@ cmd_up() {
     api_extra=()
   fi
 
-  local etcd_port etcd_peer_port api_port
-  etcd_port="$(pick_port)"
-  etcd_peer_port="$(pick_port)"
-  api_port="$(pick_port)"
-  local url="https://$host:$api_port"
+  local etcd_port etcd_peer_port api_port attempt url deadline
   local pki="$state/pki" kubeconfig="$state/kubeconfig"
 
   local token
@@ -211,48 +221,66 @@ cmd_up() {
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   chmod 600 "$pki/tokens.csv" "$pki/sa.key"
 
-  start etcd "$bin/etcd" \
-    --name=default \
-    --data-dir="$state/etcd" \
-    --listen-client-urls="http://127.0.0.1:$etcd_port" \
-    --advertise-client-urls="http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
-    --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
-    --initial-cluster="default=http://127.0.0.1:$etcd_peer_port" \
-    --initial-cluster-state=new \
-    --unsafe-no-fsync \
-    --log-level=warn
-
-  local deadline=$((SECONDS + 30))
-  until curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health" >/dev/null 2>&1; do
-    require_running etcd
-    ((SECONDS < deadline)) || fail_with_logs etcd "etcd not healthy after 30s"
-    sleep 0.2
+  # A port taken by another process between pick and bind: pick again, up to three times.
+  for attempt in 1 2 3; do
+    pick_port etcd_port
+    pick_port etcd_peer_port
+    start etcd "$bin/etcd" \
+      --name=default \
+      --data-dir="$state/etcd" \
+      --listen-client-urls="http://127.0.0.1:$etcd_port" \
+      --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+      --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+      --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+      --initial-cluster="default=http://127.0.0.1:$etcd_peer_port" \
+      --initial-cluster-state=new \
+      --unsafe-no-fsync \
+      --log-level=warn
+    deadline=$((SECONDS + 30))
+    until curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health" >/dev/null 2>&1; do
+      if ((attempt < 3)) && lost_port_race etcd; then
+        log "etcd's port was taken before it bound; picking again"
+        rm -rf "$state/etcd"
+        continue 2
+      fi
+      require_running etcd
+      ((SECONDS < deadline)) || fail_with_logs etcd "etcd not healthy after 30s"
+      sleep 0.2
+    done
+    break
   done
 
-  start kube-apiserver "$bin/kube-apiserver" \
-    --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address="$host" \
-    --advertise-address="$host" \
-    --secure-port="$api_port" \
-    --cert-dir="$pki" \
-    --authorization-mode=Node,RBAC \
-    --token-auth-file="$pki/tokens.csv" \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="$pki/sa.pub" \
-    --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/16 \
-    "${api_extra[@]}" \
-    --allow-privileged=true \
-    --enable-priority-and-fairness=false \
-    --profiling=false \
-    --v=1
-
-  deadline=$((SECONDS + 60))
-  until curl -ksf --max-time 2 -H "Authorization: Bearer $token" "$url/readyz" >/dev/null 2>&1; do
-    require_running kube-apiserver
-    ((SECONDS < deadline)) || fail_with_logs kube-apiserver "kube-apiserver not ready after 60s"
-    sleep 0.2
+  for attempt in 1 2 3; do
+    pick_port api_port
+    url="https://$host:$api_port"
+    start kube-apiserver "$bin/kube-apiserver" \
+      --etcd-servers="http://127.0.0.1:$etcd_port" \
+      --bind-address="$host" \
+      --advertise-address="$host" \
+      --secure-port="$api_port" \
+      --cert-dir="$pki" \
+      --authorization-mode=Node,RBAC \
+      --token-auth-file="$pki/tokens.csv" \
+      --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+      --service-account-key-file="$pki/sa.pub" \
+      --service-account-signing-key-file="$pki/sa.key" \
+      --service-cluster-ip-range=10.96.0.0/16 \
+      "${api_extra[@]}" \
+      --allow-privileged=true \
+      --enable-priority-and-fairness=false \
+      --profiling=false \
+      --v=1
+    deadline=$((SECONDS + 60))
+    until curl -ksf --max-time 2 -H "Authorization: Bearer $token" "$url/readyz" >/dev/null 2>&1; do
+      if ((attempt < 3)) && lost_port_race kube-apiserver; then
+        log "the API server's port was taken before it bound; picking again"
+        continue 2
+      fi
+      require_running kube-apiserver
+      ((SECONDS < deadline)) || fail_with_logs kube-apiserver "kube-apiserver not ready after 60s"
+      sleep 0.2
+    done
+    break
   done
 
   # The self-signed serving cert file holds the serving cert followed by its CA.

@@ -383,14 +383,19 @@ node_start_s3_store() {
 # node's pods both reach it); query API on loopback (JAEGER_* in cluster.env).
 node_start_jaeger() {
   local bin="$1" otlp_host="${2:-$node_ip}"
-  jaeger_otlp_grpc="$otlp_host:$(pick_port)"
-  jaeger_otlp_http="$otlp_host:$(pick_port)"
-  jaeger_query="127.0.0.1:$(pick_port)"
+  local grpc_port http_port query_port query_grpc_port
+  pick_port grpc_port
+  pick_port http_port
+  pick_port query_port
+  pick_port query_grpc_port
+  jaeger_otlp_grpc="$otlp_host:$grpc_port"
+  jaeger_otlp_http="$otlp_host:$http_port"
+  jaeger_query="127.0.0.1:$query_port"
   # The config is copied into the state dir, so `down` recognises the process as this cluster's.
   mkdir -p "$state/node"
   cp "$here/jaeger.yaml" "$state/node/jaeger.yaml"
   start jaeger env JAEGER_OTLP_GRPC="$jaeger_otlp_grpc" JAEGER_OTLP_HTTP="$jaeger_otlp_http" \
-    JAEGER_QUERY_HTTP="$jaeger_query" JAEGER_QUERY_GRPC="127.0.0.1:$(pick_port)" \
+    JAEGER_QUERY_HTTP="$jaeger_query" JAEGER_QUERY_GRPC="127.0.0.1:$query_grpc_port" \
     "$bin/jaeger" --config="$state/node/jaeger.yaml"
   local deadline=$((SECONDS + 30))
   until curl -fsS --max-time 2 -o /dev/null "http://$jaeger_query/api/services" 2>/dev/null; do
