@@ -172,6 +172,7 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
         fence,
         limiter: Arc::new(RateLimiter::new(settings.api_qps, settings.api_burst)),
         reconciles: tokio::sync::Semaphore::new(crate::actors::MAX_CONCURRENT_RECONCILES),
+        background: tokio::sync::Semaphore::new(crate::actors::MAX_BACKGROUND_RECONCILES),
     });
 
     // Standbys keep their caches warm; only once synced is a replica ready (and able to lead).

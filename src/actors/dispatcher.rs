@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::ModelKey;
-use super::messages::SupervisorMsg;
+use super::messages::{Priority, SupervisorMsg};
 use super::warnings::{Involved, Kept, Warnings, kept};
 use crate::cluster::Written;
 use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedModel, CachedPod};
@@ -779,6 +779,7 @@ where
     // Per model: its uid and fingerprint.
     let mut seen: HashMap<ModelKey, (String, u64)> = HashMap::new();
     let mut relist: Option<HashMap<ModelKey, (String, u64)>> = None;
+    let mut listed = false;
     let changed =
         |seen: &HashMap<ModelKey, (String, u64)>, key: &ModelKey, entry: &(String, u64)| seen.get(key) != Some(entry);
     while let Some(item) = stream.next().await {
@@ -802,6 +803,7 @@ where
                             key,
                             uid,
                             deleted: false,
+                            priority: Priority::User,
                         },
                     );
                 }
@@ -816,6 +818,7 @@ where
                         key,
                         uid,
                         deleted: true,
+                        priority: Priority::User,
                     },
                 );
             }
@@ -830,12 +833,17 @@ where
             }
             Event::InitDone => {
                 let fresh = relist.take().unwrap_or_default();
+                // The first list is what the operator finds as it starts: background work. A
+                // later relist's differences are users' changes the watch missed.
+                let priority = if listed { Priority::User } else { Priority::Background };
+                listed = true;
                 let mut messages = Vec::new();
                 for (key, (uid, _)) in seen.iter().filter(|(k, v)| fresh.get(*k).is_none_or(|f| f.0 != v.0)) {
                     messages.push(SupervisorMsg::Model {
                         key: key.clone(),
                         uid: uid.clone(),
                         deleted: true,
+                        priority,
                     });
                 }
                 for (key, entry) in fresh.iter().filter(|(k, v)| changed(&seen, k, v)) {
@@ -843,6 +851,7 @@ where
                         key: key.clone(),
                         uid: entry.0.clone(),
                         deleted: false,
+                        priority,
                     });
                 }
                 seen = fresh;

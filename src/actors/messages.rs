@@ -17,6 +17,8 @@ pub enum SupervisorMsg {
         uid: String,
         /// Whether it is gone.
         deleted: bool,
+        /// Whose change it is: a user's, seen while the operator runs, or the start-up list's.
+        priority: Priority,
     },
     /// A child of a model changed.
     Child {
@@ -29,6 +31,18 @@ pub enum SupervisorMsg {
     Resync,
     /// Start (again) the actor of a model, after a restart delay.
     Respawn(ModelKey),
+}
+
+/// Whose work a reconcile does. A user's change (a model applied, edited or deleted while the
+/// operator runs) is carried through ahead of background work (the models the operator finds
+/// when it starts or takes over, and the periodic resync), so a new model is acted on at once
+/// even while thousands of others are still being brought in line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A user's change: its reconciles take any free turn, until the model settles.
+    User,
+    /// Start-up, takeover, resync: at most [`super::MAX_BACKGROUND_RECONCILES`] turns at once.
+    Background,
 }
 
 /// Messages of a model actor.

@@ -85,14 +85,23 @@ pub struct Context {
     pub limiter: Arc<crate::cluster::RateLimiter>,
     /// Reconciles under way at once, across every model (see [`MAX_CONCURRENT_RECONCILES`]).
     pub reconciles: tokio::sync::Semaphore,
+    /// Background reconciles under way or waiting for a turn (see
+    /// [`MAX_BACKGROUND_RECONCILES`]).
+    pub background: tokio::sync::Semaphore,
 }
 
 /// Reconciles under way at once. A reconcile mostly waits for its writes, which the rate
 /// limiter lets through 32 at a time, so more than this only adds waiting reconciles, each
 /// holding its decision and its requests in memory: when thousands of models are applied at
-/// once (or a new leader reconciles them all) they take turns, first come first served, and
-/// each one's Job follows its apply instead of every model advancing one write at a time.
+/// once (or a new leader reconciles them all) they take turns, first come first served within
+/// their priority, and each one's Job follows its apply instead of every model advancing one
+/// write at a time.
 pub const MAX_CONCURRENT_RECONCILES: usize = 64;
+
+/// Turns that background reconciles (start-up, takeover, resync) may hold or wait for at once:
+/// the rest stay free for users' changes, so a model applied while 10,000 others are being
+/// brought in line does not queue behind them (see [`messages::Priority`]).
+pub const MAX_BACKGROUND_RECONCILES: usize = 48;
 
 impl Context {
     /// A writer for models in `namespace`.

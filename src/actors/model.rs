@@ -5,18 +5,21 @@
 //! Wake-ups are coalesced: a message only schedules one `Reconcile` if none is pending, so a
 //! burst of pod updates costs one decision, made on the latest state of the caches.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{Instrument, Span};
 
-use super::messages::ModelMsg;
+use super::messages::{ModelMsg, Priority};
 use super::rollout::RolloutTrace;
 use super::{ModelKey, SharedContext, backoff};
-use crate::api::{MLModel, MLModelStatus};
+use crate::api::{MLModel, MLModelStatus, Phase};
 use crate::cluster::{ClusterError, ModelWriter, WriteOutcome, Written};
 use crate::lifecycle::{self, Action, EventNote, Observed, reason};
 
@@ -31,6 +34,80 @@ const FORBIDDEN_RETRIES_BEFORE_REPORT: u32 = 4;
 
 /// The model actor.
 pub struct ModelActor;
+
+/// What the supervisor tells a model actor even while it waits for a turn: that its work
+/// became a user's (a change to the model), which goes ahead of background work until the
+/// model settles (Ready, Failed, UpdateFailed); or that it is being stopped, so it stops
+/// waiting for a turn instead of reconciling once more.
+#[derive(Debug)]
+pub struct Signals {
+    urgent: AtomicBool,
+    stopping: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Signals {
+    /// The signals of a model first woken with `priority`.
+    pub fn new(priority: Priority) -> Self {
+        Self {
+            urgent: AtomicBool::new(priority == Priority::User),
+            stopping: AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Marks the model's work as a user's.
+    pub fn raise(&self) {
+        self.urgent.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// No more turns: the actor is being stopped.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    fn lower(&self) {
+        self.urgent.store(false, Ordering::SeqCst);
+    }
+
+    /// A turn for one reconcile. A background one first waits for one of the background
+    /// turns, unless the model is made urgent meanwhile. `None` once the actor is being
+    /// stopped or the semaphores close.
+    async fn turn<'a>(&self, turns: &'a Semaphore, background_turns: &'a Semaphore) -> Option<Turn<'a>> {
+        let mut background = None;
+        loop {
+            // Registered before the flags are read, so a signal in between is not missed.
+            let signalled = self.notify.notified();
+            if self.stopping.load(Ordering::SeqCst) {
+                return None;
+            }
+            if background.is_none() && !self.urgent.load(Ordering::SeqCst) {
+                tokio::select! {
+                    permit = background_turns.acquire() => background = Some(permit.ok()?),
+                    () = signalled => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                permit = turns.acquire() => {
+                    return Some(Turn {
+                        _turn: permit.ok()?,
+                        _background: background,
+                    });
+                }
+                () = signalled => {}
+            }
+        }
+    }
+}
+
+/// The permits one reconcile holds while it runs.
+struct Turn<'a> {
+    _turn: SemaphorePermit<'a>,
+    _background: Option<SemaphorePermit<'a>>,
+}
 
 /// A model actor's state: whom it serves, what it last reported, and its timers.
 pub struct ModelState {
@@ -52,6 +129,8 @@ pub struct ModelState {
     /// The `storageSize` the API server refused to expand the claim to, with its message;
     /// not asked again until `storageSize` changes.
     resize_refused: Option<(String, String)>,
+    /// Whether its reconciles go ahead of background work, and whether it is being stopped.
+    signals: Arc<Signals>,
 }
 
 fn version_number(rv: Option<&str>) -> Option<u64> {
@@ -128,12 +207,12 @@ fn child_exists(observed: &Observed, action: &Action) -> bool {
 impl Actor for ModelActor {
     type Msg = ModelMsg;
     type State = ModelState;
-    type Arguments = (ModelKey, String, SharedContext);
+    type Arguments = (ModelKey, String, SharedContext, Arc<Signals>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (key, uid, ctx): Self::Arguments,
+        (key, uid, ctx, signals): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let writer = ctx.writer(&key.namespace);
         let mut state = ModelState {
@@ -148,6 +227,7 @@ impl Actor for ModelActor {
             retries: 0,
             trace: RolloutTrace::default(),
             resize_refused: None,
+            signals,
         };
         state.schedule(&myself);
         Ok(state)
@@ -170,13 +250,22 @@ impl Actor for ModelActor {
                 };
                 // A turn first; the reconcile's own (large) state is allocated only then.
                 let ctx = state.ctx.clone();
-                let Ok(_turn) = ctx.reconciles.acquire().await else {
+                let signals = state.signals.clone();
+                let Some(_turn) = signals.turn(&ctx.reconciles, &ctx.background).await else {
                     return Ok(());
                 };
                 let result = Box::pin(reconcile(&myself, state).instrument(span)).await;
                 // The reconcile's span is closed, and with it a phase that just ended.
                 state.trace.end_outcome();
                 result?;
+                let settled = state
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|p| matches!(p, Phase::Ready | Phase::Failed | Phase::UpdateFailed));
+                if settled {
+                    state.signals.lower();
+                }
             }
         }
         Ok(())
@@ -432,5 +521,97 @@ async fn handle_error(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::Semaphore;
+
+    use super::{Priority, Signals};
+
+    /// Whether a turn is granted to `signals`' actor within a short while.
+    async fn granted(signals: &Signals, turns: &Semaphore, background: &Semaphore) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), signals.turn(turns, background))
+            .await
+            .is_ok_and(|t| t.is_some())
+    }
+
+    /// An actor of `priority` waiting for a turn while every background turn is taken.
+    fn waiting(priority: Priority) -> (Arc<Signals>, tokio::task::JoinHandle<bool>) {
+        let turns = Arc::new(Semaphore::new(2));
+        let background = Arc::new(Semaphore::new(0));
+        let signals = Arc::new(Signals::new(priority));
+        let task = tokio::spawn({
+            let signals = signals.clone();
+            async move { signals.turn(&turns, &background).await.is_some() }
+        });
+        (signals, task)
+    }
+
+    #[tokio::test]
+    async fn a_users_change_takes_a_turn_the_background_work_cannot_have() {
+        let turns = Semaphore::new(2);
+        let background = Semaphore::new(1);
+        let starting = Signals::new(Priority::Background);
+        let held = starting
+            .turn(&turns, &background)
+            .await
+            .expect("a first background turn");
+        // Background work has used its share: another background reconcile waits ...
+        assert!(!granted(&Signals::new(Priority::Background), &turns, &background).await);
+        // ... while a user's change takes the turn left free.
+        assert!(granted(&Signals::new(Priority::User), &turns, &background).await);
+        drop(held);
+        assert!(granted(&Signals::new(Priority::Background), &turns, &background).await);
+    }
+
+    #[tokio::test]
+    async fn a_background_reconcile_waiting_for_a_turn_goes_ahead_once_the_user_changes_the_model() {
+        let (signals, task) = waiting(Priority::Background);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !task.is_finished(),
+            "a background reconcile waits while background turns are taken"
+        );
+        signals.raise();
+        let granted = tokio::time::timeout(Duration::from_secs(5), task).await;
+        assert!(matches!(granted, Ok(Ok(true))), "raised, it takes a free turn at once");
+    }
+
+    #[tokio::test]
+    async fn an_actor_being_stopped_stops_waiting_for_a_turn() {
+        let (signals, task) = waiting(Priority::Background);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        signals.stop();
+        let ended = tokio::time::timeout(Duration::from_secs(5), task).await;
+        assert!(
+            matches!(ended, Ok(Ok(false))),
+            "stopped, it gets no turn and waits no more"
+        );
+        // Once stopped, never a turn, however free they are.
+        let turns = Semaphore::new(1);
+        assert!(!granted(&signals, &turns, &Semaphore::new(1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_settled_model_is_background_work_again() {
+        let turns = Semaphore::new(2);
+        let background = Semaphore::new(0);
+        let signals = Signals::new(Priority::User);
+        assert!(granted(&signals, &turns, &background).await);
+        signals.lower();
+        assert!(!granted(&signals, &turns, &background).await);
+    }
+
+    #[tokio::test]
+    async fn no_turn_once_the_turns_are_closed() {
+        let turns = Semaphore::new(1);
+        let background = Semaphore::new(1);
+        turns.close();
+        assert!(Signals::new(Priority::User).turn(&turns, &background).await.is_none());
     }
 }

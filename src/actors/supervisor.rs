@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::messages::{ModelMsg, SupervisorMsg};
-use super::model::ModelActor;
+use super::messages::{ModelMsg, Priority, SupervisorMsg};
+use super::model::{ModelActor, Signals};
 use super::{ModelKey, SharedContext, backoff};
 use crate::lifecycle::{self, reason};
 
@@ -25,6 +25,7 @@ struct Running {
     uid: String,
     actor: ActorRef<ModelMsg>,
     share: u32,
+    signals: std::sync::Arc<Signals>,
 }
 
 /// The supervisor's state.
@@ -50,14 +51,18 @@ impl SupervisorState {
 
     /// Makes sure the actor of `key` runs for the model the cache shows now: starts it, or
     /// replaces an actor bound to an older uid of the same name.
-    /// With `wake`, a running actor of the same uid is woken too.
-    async fn ensure(&mut self, myself: &ActorRef<SupervisorMsg>, key: ModelKey, wake: bool) {
+    /// With `wake`, a running actor of the same uid is woken too. `priority` says whose
+    /// change this is (a user's makes the model's work go ahead of background work).
+    async fn ensure(&mut self, myself: &ActorRef<SupervisorMsg>, key: ModelKey, priority: Priority, wake: bool) {
         let Some((uid, generation)) = self.current(&key) else {
             return;
         };
         match self.actors.get(&key) {
             Some(running) if running.uid == uid => {
                 if wake {
+                    if priority == Priority::User {
+                        running.signals.raise();
+                    }
                     let _ = running.actor.cast(ModelMsg::Wake);
                 }
                 return;
@@ -76,13 +81,22 @@ impl SupervisorState {
             return; // Failed with ControllerError for this generation; wait for a spec change.
         }
         self.given_up.remove(&key);
-        let args = (key.clone(), uid.clone(), self.ctx.clone());
+        let signals = std::sync::Arc::new(Signals::new(priority));
+        let args = (key.clone(), uid.clone(), self.ctx.clone(), signals.clone());
         match Actor::spawn_linked(None, ModelActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.ctx.metrics.actor_started();
                 self.keys.insert(actor.get_id(), key.clone());
                 let share = rand::random_range(0..RESYNC_SHARES);
-                self.actors.insert(key, Running { uid, actor, share });
+                self.actors.insert(
+                    key,
+                    Running {
+                        uid,
+                        actor,
+                        share,
+                        signals,
+                    },
+                );
             }
             Err(error) => tracing::error!(model = %key, %error, "could not start the model actor"),
         }
@@ -92,6 +106,7 @@ impl SupervisorState {
         if let Some(running) = self.actors.remove(key) {
             self.keys.remove(&running.actor.get_id());
             self.ctx.metrics.actor_stopped();
+            running.signals.stop();
             running.actor.stop(Some(reason.into()));
         }
     }
@@ -122,7 +137,7 @@ impl SupervisorState {
             self.stop(&key, "model deleted");
         }
         for key in keys {
-            self.ensure(myself, key, false).await;
+            self.ensure(myself, key, Priority::Background, false).await;
         }
     }
 
@@ -178,6 +193,7 @@ impl Actor for ModelSupervisor {
                 key,
                 uid,
                 deleted: true,
+                ..
             } => {
                 // A late Delete of an older uid must not stop the actor of a re-created model.
                 if state.actors.get(&key).is_some_and(|r| r.uid == uid) {
@@ -187,8 +203,11 @@ impl Actor for ModelSupervisor {
                 }
             }
             SupervisorMsg::Model {
-                key, deleted: false, ..
-            } => state.ensure(&myself, key, true).await,
+                key,
+                deleted: false,
+                priority,
+                ..
+            } => state.ensure(&myself, key, priority, true).await,
             SupervisorMsg::Child { key } => {
                 if let Some(running) = state.actors.get(&key) {
                     let _ = running.actor.cast(ModelMsg::Wake);
@@ -211,7 +230,7 @@ impl Actor for ModelSupervisor {
             }
             SupervisorMsg::Respawn(key) => {
                 state.pending.remove(&key);
-                state.ensure(&myself, key, false).await;
+                state.ensure(&myself, key, Priority::Background, false).await;
             }
         }
         Ok(())
@@ -262,6 +281,10 @@ impl Actor for ModelSupervisor {
     async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         // Every actor is stopped and awaited (bounded): once this returns, no model actor of
         // this replica writes any more.
+        // An actor waiting for a turn stops waiting, instead of reconciling once more first.
+        for running in state.actors.values() {
+            running.signals.stop();
+        }
         let timeout = state.ctx.supervision.stop_timeout;
         myself
             .stop_children_and_wait(Some("supervisor stopped".into()), Some(timeout))
