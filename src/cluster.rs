@@ -41,8 +41,9 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
-    /// This replica is not (or no longer surely) the leader; nothing was written.
-    #[error("not the leader: {action} was not carried out")]
+    /// This replica is not (or no longer surely) the leader, or it is shutting down; nothing
+    /// was written.
+    #[error("not the leader, or shutting down: {action} was not carried out")]
     Fenced {
         /// What was refused.
         action: String,

@@ -49,6 +49,8 @@ pub struct Fence {
     renewed_at: Mutex<Option<Instant>>,
     renew_deadline: Duration,
     always: bool,
+    /// Shutting down: no write from now on, with or without leader election.
+    closed: AtomicBool,
 }
 
 impl Fence {
@@ -59,6 +61,7 @@ impl Fence {
             renewed_at: Mutex::new(None),
             renew_deadline: Duration::MAX,
             always: true,
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -68,11 +71,26 @@ impl Fence {
             renewed_at: Mutex::new(None),
             renew_deadline,
             always: false,
+            closed: AtomicBool::new(false),
         }
     }
 
-    /// True while this replica leads and its last renewal is within the renew deadline.
+    /// Refuses every write from now on: the replica is shutting down, and the model actors'
+    /// next writes fail at once instead of holding up the handover. A write already in
+    /// flight still completes (or is cut off at its own deadline).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// True while this replica leads, its last renewal is within the renew deadline, and it
+    /// is not shutting down.
     pub fn may_write(&self) -> bool {
+        !self.closed.load(Ordering::SeqCst) && self.leads()
+    }
+
+    /// True while this replica leads and its last renewal is within the renew deadline,
+    /// closed or not.
+    fn leads(&self) -> bool {
         if self.always {
             return true;
         }
@@ -83,6 +101,9 @@ impl Fence {
     /// How long writes stay allowed: `None` without leader election, zero when this replica
     /// may not write. A write still in flight when this ends is cut off.
     pub fn remaining(&self) -> Option<Duration> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Some(Duration::ZERO);
+        }
         if self.always {
             return None;
         }
@@ -157,7 +178,7 @@ impl LeaderElector {
                 Ok(false) => {}
                 Err(error) => tracing::warn!(%error, "could not acquire or renew the lease"),
             }
-            if *leading.borrow() && !self.fence.may_write() {
+            if *leading.borrow() && !self.fence.leads() {
                 tracing::warn!(identity = %self.settings.identity, "lost leadership: no renewal within the renew deadline");
                 self.fence.lost();
                 let _ = leading.send(false);
@@ -307,5 +328,20 @@ mod tests {
         fence.renewed(Instant::now());
         fence.lost();
         assert_eq!(fence.remaining(), Some(Duration::ZERO), "leadership lost");
+    }
+
+    #[test]
+    fn a_closed_fence_refuses_every_write_even_to_a_leader_or_without_election() {
+        let fence = Fence::new(Duration::from_secs(10));
+        fence.renewed(Instant::now());
+        fence.close();
+        assert!(!fence.may_write());
+        assert_eq!(fence.remaining(), Some(Duration::ZERO));
+        fence.renewed(Instant::now());
+        assert!(!fence.may_write(), "a renewal does not open a closed fence");
+        let single = Fence::open();
+        single.close();
+        assert!(!single.may_write());
+        assert_eq!(single.remaining(), Some(Duration::ZERO));
     }
 }

@@ -220,6 +220,9 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
     }
 
     tracing::info!("shutting down");
+    // No new write from here: a reconcile under way ends at its next write instead of
+    // carrying on while the standby waits for the lease.
+    ctx.fence.close();
     let _ = route_tx.send(None);
     if let Some((actor, handle)) = supervisor {
         actor.stop(Some("shutdown".into()));

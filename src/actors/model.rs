@@ -474,7 +474,7 @@ async fn handle_error(
             Ok(())
         }
         ClusterError::Fenced { .. } => {
-            tracing::info!(model = %state.key, %error, "not writing: leadership is not certain");
+            tracing::info!(model = %state.key, %error, "not writing: leadership is not certain, or the operator is shutting down");
             Ok(())
         }
         ClusterError::Refused { ref message, .. } => {
