@@ -400,6 +400,11 @@ impl Phase {
             Phase::Terminating => "Terminating",
         }
     }
+
+    /// Whether a rollout has come to rest: `Ready`, `Failed` or `UpdateFailed`.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Phase::Ready | Phase::Failed | Phase::UpdateFailed)
+    }
 }
 
 impl std::fmt::Display for Phase {

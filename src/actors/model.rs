@@ -258,12 +258,12 @@ impl Actor for ModelActor {
                 // The reconcile's span is closed, and with it a phase that just ended.
                 state.trace.end_outcome();
                 result?;
-                let settled = state
+                if state
                     .status
                     .as_ref()
                     .and_then(|s| s.phase)
-                    .is_some_and(|p| matches!(p, Phase::Ready | Phase::Failed | Phase::UpdateFailed));
-                if settled {
+                    .is_some_and(Phase::is_settled)
+                {
                     state.signals.lower();
                 }
             }

@@ -102,7 +102,7 @@ impl RolloutTrace {
         if let Some(previous) = rollout.span.take() {
             drop(previous.enter());
         }
-        if matches!(phase, Phase::Ready | Phase::Failed | Phase::UpdateFailed) {
+        if phase.is_settled() {
             let outcome = rollout_span(
                 if phase == Phase::Ready {
                     "mlmodel.ready"
