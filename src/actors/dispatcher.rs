@@ -29,15 +29,13 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::ModelKey;
+use super::children::{ChildCache, Controller, Listed, Summarise, Summary};
 use super::messages::{Priority, SupervisorMsg};
 use super::warnings::{Involved, Kept, Warnings, kept};
 use crate::cluster::Written;
 use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedModel, CachedPod};
-use crate::lifecycle::observe;
-use crate::resources::{
-    COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, MODEL_UID_LABEL, SOURCE_ANNOTATION,
-    SPEC_HASH_ANNOTATION, VERSION_LABEL,
-};
+use crate::lifecycle::observe::{self, DeploymentObs, JobObs, PodObs, PvcObs, ServiceObs};
+use crate::resources::{MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Child names per model.
 type ChildNames = HashMap<ModelKey, Names>;
@@ -186,18 +184,20 @@ pub struct Caches {
     /// MLModels, spec and status kept as text so one malformed object cannot break the stream
     /// for the others.
     pub models: Stores<CachedModel>,
-    /// The operator's PVCs (spec dropped).
-    pub pvcs: Stores<PersistentVolumeClaim>,
-    /// The operator's Jobs (no spec).
-    pub jobs: Stores<CachedJob>,
-    /// The operator's pods (no spec, and what no decision reads dropped).
-    pub pods: Stores<CachedPod>,
-    /// The operator's Deployments (pod template reduced to its labels).
-    pub deployments: Stores<CachedDeployment>,
-    /// The operator's Services: metadata only.
-    pub services: Stores<PartialObjectMeta<Service>>,
+    /// The operator's PVCs, Jobs, pods, Deployments and Services, each as its summary.
+    children: Arc<Children>,
     index: Arc<Index>,
     warnings: Arc<Warnings>,
+}
+
+/// The operator's children by kind, each as its summary.
+#[derive(Default)]
+struct Children {
+    pvcs: ChildCache<PvcObs>,
+    jobs: ChildCache<Option<JobObs>>,
+    pods: ChildCache<PodObs>,
+    deployments: ChildCache<DeploymentObs>,
+    services: ChildCache<ServiceObs>,
 }
 
 /// Who owns a child, as seen from one model.
@@ -212,15 +212,10 @@ enum Owner {
     Foreign,
 }
 
-fn owner_of(meta: &ObjectMeta, key: &ModelKey, uid: &str) -> Owner {
-    let controller = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
+fn owner_of(controller: Option<&Controller>, key: &ModelKey, uid: &str) -> Owner {
     match controller {
-        Some(o) if o.uid == uid => Owner::This,
-        Some(o) if o.kind == "MLModel" && o.name == key.name => Owner::Previous,
+        Some(c) if c.uid == uid => Owner::This,
+        Some(c) if c.model.as_deref() == Some(key.name.as_str()) => Owner::Previous,
         _ => Owner::Foreign,
     }
 }
@@ -233,18 +228,15 @@ impl Caches {
 
     /// The resourceVersion the caches hold for the child `written` names.
     pub fn resource_version(&self, written: &Written, namespace: &str, name: &str) -> Option<String> {
-        fn rv<K: Resource<DynamicType = ()> + Clone + 'static>(
-            store: &Stores<K>,
-            ns: &str,
-            name: &str,
-        ) -> Option<String> {
-            store.get(&ObjectRef::new(name).within(ns))?.resource_version()
+        fn rv<O>(cache: &ChildCache<O>, ns: &str, name: &str) -> Option<String> {
+            cache.get(ns, name)?.resource_version.clone()
         }
+        let children = &self.children;
         match written {
-            Written::Pvc(_) => rv(&self.pvcs, namespace, name),
-            Written::Job(_) => rv(&self.jobs, namespace, name),
-            Written::Deployment(_) => rv(&self.deployments, namespace, name),
-            Written::Service(_) => rv(&self.services, namespace, name),
+            Written::Pvc(_) => rv(&children.pvcs, namespace, name),
+            Written::Job(_) => rv(&children.jobs, namespace, name),
+            Written::Deployment(_) => rv(&children.deployments, namespace, name),
+            Written::Service(_) => rv(&children.services, namespace, name),
             Written::Finalizer => self
                 .model(&ModelKey {
                     namespace: namespace.to_owned(),
@@ -258,59 +250,63 @@ impl Caches {
     /// sees it. Read through the index: the cost is that of the model's own children.
     pub fn observed(&self, key: &ModelKey, uid: &str) -> observe::Observed {
         let mut observed = observe::Observed::default();
-        let mut sort = |meta: &ObjectMeta, kind: &str| -> bool {
-            match owner_of(meta, key, uid) {
+        let mut sort = |controller: Option<&Controller>, name: &str, kind: &str| -> bool {
+            match owner_of(controller, key, uid) {
                 Owner::This => true,
                 Owner::Previous => {
-                    observed
-                        .previous_owner
-                        .push(format!("{kind}/{}", meta.name.as_deref().unwrap_or_default()));
+                    observed.previous_owner.push(format!("{kind}/{name}"));
                     false
                 }
                 Owner::Foreign => {
-                    observed
-                        .foreign
-                        .push(format!("{kind}/{}", meta.name.as_deref().unwrap_or_default()));
+                    observed.foreign.push(format!("{kind}/{name}"));
                     false
                 }
             }
         };
+        let children = &self.children;
         let mut pvc = None;
-        for p in lookup(&self.pvcs, &self.index.pvcs, key) {
-            if sort(&p.metadata, "persistentvolumeclaim") && p.name_any() == crate::resources::pvc_name(&key.name) {
-                let mut obs = observe::pvc(&p);
-                obs.warning = self.warning(&p.metadata, "PersistentVolumeClaim");
-                pvc = Some(obs);
+        for p in lookup(&children.pvcs, &self.index.pvcs, key) {
+            if sort(p.controller.as_ref(), &p.name, "persistentvolumeclaim")
+                && p.name == crate::resources::pvc_name(&key.name)
+            {
+                pvc = Some(observe::PvcObs {
+                    warning: self.warning(&p, &key.namespace, "PersistentVolumeClaim"),
+                    ..p.obs.clone()
+                });
             }
         }
         let mut jobs = Vec::new();
-        for j in lookup(&self.jobs, &self.index.jobs, key) {
-            if sort(&j.metadata, "job")
-                && let Some(mut obs) = observe::job(&j)
+        for j in lookup(&children.jobs, &self.index.jobs, key) {
+            if sort(j.controller.as_ref(), &j.name, "job")
+                && let Some(obs) = &j.obs
             {
-                obs.warning = self.warning(&j.metadata, "Job");
-                jobs.push(obs);
+                jobs.push(observe::JobObs {
+                    warning: self.warning(&j, &key.namespace, "Job"),
+                    ..obs.clone()
+                });
             }
         }
         let mut deployment = None;
-        for d in lookup(&self.deployments, &self.index.deployments, key) {
-            if sort(&d.metadata, "deployment") && d.name_any() == crate::resources::deployment_name(&key.name) {
-                deployment = Some(observe::deployment(&d));
+        for d in lookup(&children.deployments, &self.index.deployments, key) {
+            if sort(d.controller.as_ref(), &d.name, "deployment")
+                && d.name == crate::resources::deployment_name(&key.name)
+            {
+                deployment = Some(d.obs.clone());
             }
         }
         let mut service = None;
-        for s in lookup(&self.services, &self.index.services, key) {
-            if sort(&s.metadata, "service") && s.name_any() == crate::resources::service_name(&key.name) {
-                service = Some(observe::service(s.as_ref()));
+        for s in lookup(&children.services, &self.index.services, key) {
+            if sort(s.controller.as_ref(), &s.name, "service") && s.name == crate::resources::service_name(&key.name) {
+                service = Some(s.obs.clone());
             }
         }
         // Pods belong to a Job or a ReplicaSet; the uid label says which model they serve.
         // Pods of a previous model are gone with its Jobs and Deployment, never waited for.
-        let pods = lookup(&self.pods, &self.index.pods, key)
-            .filter(|p| p.tags.model_uid.as_deref().is_none_or(|u| u == uid))
+        let pods = lookup(&children.pods, &self.index.pods, key)
+            .filter(|p| p.model_uid.as_deref().is_none_or(|u| u == uid))
             .map(|p| observe::PodObs {
-                warning: self.warning(&p.metadata, "Pod"),
-                ..observe::pod(&p)
+                warning: self.warning(&p, &key.namespace, "Pod"),
+                ..p.obs.clone()
             })
             .collect::<Vec<_>>();
         observed.pvc = pvc;
@@ -326,40 +322,39 @@ impl Caches {
 
 impl Caches {
     /// The latest kept Warning Event about a child.
-    fn warning(&self, meta: &ObjectMeta, kind: &str) -> Option<observe::Warning> {
+    fn warning<O>(&self, child: &Summary<O>, namespace: &str, kind: &str) -> Option<observe::Warning> {
         if self.warnings.is_empty() {
             return None;
         }
-        self.warnings.latest(
-            kind,
-            meta.namespace.as_deref()?,
-            meta.name.as_deref()?,
-            meta.uid.as_deref(),
-        )
+        self.warnings.latest(kind, namespace, &child.name, child.uid.as_deref())
     }
 
     /// The model a child of `kind` belongs to, from the caches.
     fn model_of_child(&self, involved: &Involved) -> Option<ModelKey> {
-        fn at<K: Resource<DynamicType = ()>>(involved: &Involved) -> ObjectRef<K> {
-            ObjectRef::new(&involved.name).within(&involved.namespace)
-        }
-        match involved.kind {
-            "Pod" => self.pods.get(&at(involved))?.model(),
-            "Job" => self.jobs.get(&at(involved))?.model(),
-            "PersistentVolumeClaim" => self.pvcs.get(&at(involved))?.model(),
-            _ => None,
-        }
+        let (ns, name) = (involved.namespace.as_str(), involved.name.as_str());
+        let children = &self.children;
+        let model = match involved.kind {
+            "Pod" => children.pods.get(ns, name)?.model.clone(),
+            "Job" => children.jobs.get(ns, name)?.model.clone(),
+            "PersistentVolumeClaim" => children.pvcs.get(ns, name)?.model.clone(),
+            _ => return None,
+        };
+        Some(ModelKey {
+            namespace: involved.namespace.clone(),
+            name: model,
+        })
     }
 }
 
-fn lookup<'a, K>(store: &'a Stores<K>, index: &KindIndex, key: &'a ModelKey) -> impl Iterator<Item = Arc<K>> + 'a
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
+fn lookup<'a, O>(
+    cache: &'a ChildCache<O>,
+    index: &KindIndex,
+    key: &'a ModelKey,
+) -> impl Iterator<Item = Arc<Summary<O>>> + 'a {
     index
         .names(key)
         .into_iter()
-        .filter_map(move |name| store.get(&ObjectRef::new(&name).within(&key.namespace)))
+        .filter_map(move |name| cache.get(&key.namespace, &name))
 }
 
 /// Tracks which streams have listed everything once: ready when every one of them has, and
@@ -422,15 +417,12 @@ const STREAMS: [&str; 7] = [
 pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Caches, watch::Receiver<bool>) {
     let (ready, ready_rx) = Readiness::new(STREAMS.len() * watches.len());
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-    let children = watcher::Config::default().labels(&selector).any_semantic();
+    let children_config = watcher::Config::default().labels(&selector).any_semantic();
     let index = Arc::new(Index::default());
+    let children = Arc::new(Children::default());
     let mut caches = Caches {
         models: Stores::default(),
-        pvcs: Stores::default(),
-        jobs: Stores::default(),
-        pods: Stores::default(),
-        deployments: Stores::default(),
-        services: Stores::default(),
+        children: children.clone(),
         index: index.clone(),
         warnings: Arc::default(),
     };
@@ -450,31 +442,20 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
             flag: flag(kind),
             namespace: namespace.clone(),
             index: index.clone(),
+            children: children.clone(),
             ready: ready.clone(),
             route: route.clone(),
         };
-        let (store, w) = reflector::store();
-        caches.pvcs.push(namespace, store.clone());
-        let stream = watch(&client, ns, children.clone()).modify(trim_pvc).reflect(w);
-        child(1).spawn(stream, store, |i| &i.pvcs);
-        let (store, w) = reflector::store();
-        caches.jobs.push(namespace, store.clone());
-        let stream = watch(&client, ns, children.clone()).modify(trim_job).reflect(w);
-        child(2).spawn(stream, store, |i| &i.jobs);
-        let (store, w) = reflector::store();
-        caches.pods.push(namespace, store.clone());
-        let stream = watch(&client, ns, children.clone()).modify(trim_pod).reflect(w);
-        child(3).spawn(stream, store, |i| &i.pods);
-        let (store, w) = reflector::store();
-        caches.deployments.push(namespace, store.clone());
-        let stream = watch(&client, ns, children.clone()).modify(trim_deployment).reflect(w);
-        child(4).spawn(stream, store, |i| &i.deployments);
-        let (store, w) = reflector::store();
-        caches.services.push(namespace, store.clone());
-        let stream = watch(&client, ns, children.clone())
-            .modify(|o: &mut PartialObjectMeta<Service>| trim_child_meta(&mut o.metadata))
-            .reflect(w);
-        child(5).spawn(stream, store, |i| &i.services);
+        let stream = watch::<PersistentVolumeClaim>(&client, ns, children_config.clone());
+        child(1).spawn(stream, |c| &c.pvcs, |i| &i.pvcs);
+        let stream = watch::<CachedJob>(&client, ns, children_config.clone());
+        child(2).spawn(stream, |c| &c.jobs, |i| &i.jobs);
+        let stream = watch::<CachedPod>(&client, ns, children_config.clone());
+        child(3).spawn(stream, |c| &c.pods, |i| &i.pods);
+        let stream = watch::<CachedDeployment>(&client, ns, children_config.clone());
+        child(4).spawn(stream, |c| &c.deployments, |i| &i.deployments);
+        let stream = watch::<PartialObjectMeta<Service>>(&client, ns, children_config.clone());
+        child(5).spawn(stream, |c| &c.services, |i| &i.services);
         let warnings = watch(
             &client,
             ns,
@@ -514,26 +495,11 @@ where
     watcher::watcher(api, config).default_backoff()
 }
 
-// What each cache keeps: what `observe` and the index read, nothing else. Managed fields and
-// specs are the bulk of these objects.
+// What the model cache keeps: what the lifecycle core reads, nothing else. Managed fields are
+// the bulk of these objects.
 
 fn trim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
-}
-
-/// A child's metadata without what nobody reads. Of the labels and annotations, only which
-/// model and version it belongs to, what it is, and what it was applied from are kept (Jobs,
-/// pods and Deployments have these lifted out into their tags as they are read).
-fn trim_child_meta(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-    // The prefix a pod's or a Job's name was generated from.
-    meta.generate_name = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| [MODEL_LABEL, MODEL_UID_LABEL, VERSION_LABEL, COMPONENT_LABEL].contains(&k.as_str()));
-    }
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == SPEC_HASH_ANNOTATION || k == SOURCE_ANNOTATION);
-    }
 }
 
 /// The model as cached: `kubectl apply`'s copy of the last applied manifest (the whole spec
@@ -545,145 +511,23 @@ fn trim_model(o: &mut CachedModel) {
     }
 }
 
-fn trim_pvc(p: &mut PersistentVolumeClaim) {
-    use k8s_openapi::api::core::v1::{
-        PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements,
-    };
-    let storage = |list: Option<
-        &mut std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    >| {
-        list.and_then(|l| l.remove("storage"))
-            .map(|q| std::collections::BTreeMap::from([("storage".to_owned(), q)]))
-    };
-    trim_child_meta(&mut p.metadata);
-    // The requested size and the capacity: what an expansion compares.
-    p.spec = p.spec.take().map(|mut s| PersistentVolumeClaimSpec {
-        resources: Some(VolumeResourceRequirements {
-            requests: storage(s.resources.as_mut().and_then(|r| r.requests.as_mut())),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    if let Some(s) = p.status.as_mut() {
-        *s = PersistentVolumeClaimStatus {
-            phase: s.phase.take(),
-            capacity: storage(s.capacity.as_mut()),
-            ..Default::default()
-        };
-    }
-}
-
-fn trim_job(j: &mut CachedJob) {
-    trim_child_meta(&mut j.metadata);
-}
-
-fn trim_pod(p: &mut CachedPod) {
-    trim_child_meta(&mut p.metadata);
-    p.metadata.owner_references = None;
-    if let Some(s) = p.status.as_mut() {
-        *s = k8s_openapi::api::core::v1::PodStatus {
-            phase: s.phase.take(),
-            // Whether it is ready, and why it is not scheduled.
-            conditions: s.conditions.take().map(|list| {
-                list.into_iter()
-                    .filter(|c| c.type_ == "Ready" || c.type_ == "PodScheduled")
-                    .collect()
-            }),
-            container_statuses: s.container_statuses.take().map(|cs| {
-                cs.into_iter()
-                    .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
-                        name: c.name,
-                        image: c.image,
-                        state: c.state,
-                        last_state: c.last_state,
-                        restart_count: c.restart_count,
-                        ready: c.ready,
-                        ..Default::default()
-                    })
-                    .collect()
-            }),
-            ..Default::default()
-        };
-    }
-}
-
-fn trim_deployment(d: &mut CachedDeployment) {
-    trim_child_meta(&mut d.metadata);
-    if let Some(s) = d.status.as_mut() {
-        // The conditions that tell why it cannot go on, without their timestamps.
-        s.conditions = s.conditions.take().and_then(|list| {
-            let kept: Vec<_> = list
-                .into_iter()
-                .filter(|c| c.type_ == "ReplicaFailure" || (c.type_ == "Progressing" && c.status == "False"))
-                .map(|c| k8s_openapi::api::apps::v1::DeploymentCondition {
-                    type_: c.type_,
-                    status: c.status,
-                    reason: c.reason,
-                    message: c.message,
-                    ..Default::default()
-                })
-                .collect();
-            (!kept.is_empty()).then_some(kept)
-        });
-    }
-}
-
-/// A cached child: which model it belongs to, from its model label.
-trait Child: Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
-    /// The model it belongs to.
-    fn model(&self) -> Option<ModelKey>;
-}
-
-fn labelled_model(meta: &ObjectMeta) -> Option<ModelKey> {
-    tagged_model(meta, meta.labels.as_ref()?.get(MODEL_LABEL))
-}
-
-fn tagged_model(meta: &ObjectMeta, model: Option<&String>) -> Option<ModelKey> {
-    Some(ModelKey {
-        namespace: meta.namespace.clone()?,
-        name: model?.clone(),
-    })
-}
-
-impl Child for PersistentVolumeClaim {
-    fn model(&self) -> Option<ModelKey> {
-        labelled_model(&self.metadata)
-    }
-}
-
-impl Child for PartialObjectMeta<Service> {
-    fn model(&self) -> Option<ModelKey> {
-        labelled_model(&self.metadata)
-    }
-}
-
-/// The views whose tags were lifted out of their metadata.
-macro_rules! tagged_child {
-    ($($view:ty),*) => {$(
-        impl Child for $view {
-            fn model(&self) -> Option<ModelKey> {
-                tagged_model(&self.metadata, self.tags.model.as_ref())
-            }
-        }
-    )*};
-}
-tagged_child!(CachedJob, CachedPod, CachedDeployment);
-
 /// One child stream of one watch: which kind, its readiness flag, the namespace it lists.
 struct ChildStream {
     kind: &'static str,
     flag: usize,
     namespace: Option<String>,
     index: Arc<Index>,
+    children: Arc<Children>,
     ready: Readiness,
     route: Route,
 }
 
 impl ChildStream {
-    /// Runs the stream: keeps its part of the index and wakes the model each event concerns.
-    fn spawn<K, S>(self, stream: S, store: Store<K>, part: fn(&Index) -> &KindIndex)
+    /// Runs the stream: keeps its kind's summaries and its part of the index, and wakes the
+    /// model each event concerns.
+    fn spawn<K, S>(self, stream: S, cache: fn(&Children) -> &ChildCache<K::Obs>, part: fn(&Index) -> &KindIndex)
     where
-        K: Child,
+        K: Summarise,
         S: Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
     {
         let ChildStream {
@@ -691,6 +535,7 @@ impl ChildStream {
             flag,
             namespace,
             index,
+            children,
             ready,
             route,
         } = self;
@@ -699,7 +544,7 @@ impl ChildStream {
         tokio::spawn(async move {
             hold_for_fault_injection(kind).await;
             futures::pin_mut!(stream);
-            let mut relist: Option<Relist> = None;
+            let mut relist: Option<(Relist, Listed<K::Obs>)> = None;
             while let Some(item) = stream.next().await {
                 let event = match item {
                     Ok(event) => event,
@@ -710,30 +555,55 @@ impl ChildStream {
                 };
                 match event {
                     Event::Apply(o) => {
-                        let Some(key) = o.model() else { continue };
-                        part(&index).insert(key.clone(), o.name_any());
+                        let (Some(ns), Some(summary)) = (o.namespace(), o.summarise()) else {
+                            continue;
+                        };
+                        let key = ModelKey {
+                            namespace: ns.to_owned(),
+                            name: summary.model.clone(),
+                        };
+                        part(&index).insert(key.clone(), summary.name.clone());
+                        cache(&children).insert(ns, summary);
                         send(&route, SupervisorMsg::Child { key });
                     }
                     Event::Delete(o) => {
-                        let Some(key) = o.model() else { continue };
-                        part(&index).remove(&key, &o.name_any());
+                        let (Some(ns), Some(summary)) = (o.namespace(), o.summarise()) else {
+                            continue;
+                        };
+                        let key = ModelKey {
+                            namespace: ns.to_owned(),
+                            name: summary.model.clone(),
+                        };
+                        part(&index).remove(&key, &summary.name);
+                        cache(&children).remove(ns, &summary.name);
                         send(&route, SupervisorMsg::Child { key });
                     }
                     Event::Init => relist = Some(Default::default()),
                     Event::InitApply(o) => {
-                        let (Some(key), Some((fresh, changed))) = (o.model(), relist.as_mut()) else {
+                        let (Some(ns), Some(summary), Some(((fresh, changed), listed))) =
+                            (o.namespace(), o.summarise(), relist.as_mut())
+                        else {
                             continue;
+                        };
+                        let key = ModelKey {
+                            namespace: ns.to_owned(),
+                            name: summary.model.clone(),
                         };
                         // The cache still shows the state before the relist: a model whose child
                         // changed in the gap is woken once the relist is complete.
-                        let before = store.get(&ObjectRef::from_obj(&o));
-                        if before.is_none_or(|b| b.resource_version() != o.resource_version()) {
+                        let before = cache(&children).get(ns, &summary.name);
+                        if before.is_none_or(|b| b.resource_version != summary.resource_version) {
                             changed.insert(key.clone());
                         }
-                        fresh.entry(key).or_default().insert(o.name_any());
+                        fresh.entry(key).or_default().insert(summary.name.clone());
+                        listed
+                            .entry(ns.to_owned())
+                            .or_default()
+                            .insert(summary.name.clone(), Arc::new(summary));
                     }
                     Event::InitDone => {
-                        let (fresh, mut changed) = relist.take().unwrap_or_default();
+                        let ((fresh, mut changed), listed) = relist.take().unwrap_or_default();
+                        cache(&children).replace(namespace.as_deref(), listed);
                         changed.extend(part(&index).replace(namespace.as_deref(), fresh));
                         tracing::debug!(kind, woken = changed.len(), "watch listed");
                         ready.listed(flag);
@@ -994,18 +864,33 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            owner_of(&owned("MLModel", "iris", "u2"), &key("iris"), "u2"),
+            owner_of(
+                Controller::of(&owned("MLModel", "iris", "u2")).as_ref(),
+                &key("iris"),
+                "u2"
+            ),
             Owner::This
         );
         assert_eq!(
-            owner_of(&owned("MLModel", "iris", "u1"), &key("iris"), "u2"),
+            owner_of(
+                Controller::of(&owned("MLModel", "iris", "u1")).as_ref(),
+                &key("iris"),
+                "u2"
+            ),
             Owner::Previous
         );
         assert_eq!(
-            owner_of(&owned("MLModel", "other", "u1"), &key("iris"), "u2"),
+            owner_of(
+                Controller::of(&owned("MLModel", "other", "u1")).as_ref(),
+                &key("iris"),
+                "u2"
+            ),
             Owner::Foreign
         );
-        assert_eq!(owner_of(&ObjectMeta::default(), &key("iris"), "u2"), Owner::Foreign);
+        assert_eq!(
+            owner_of(Controller::of(&ObjectMeta::default()).as_ref(), &key("iris"), "u2"),
+            Owner::Foreign
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! [`supervisor`] keeps one [`model`] actor per MLModel alive, and each model actor owns its
 //! model's lifecycle.
 
+mod children;
 pub mod dispatcher;
 pub mod messages;
 pub mod model;

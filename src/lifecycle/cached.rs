@@ -1,9 +1,9 @@
-//! The children as the operator's caches keep them: their metadata and the part of their
-//! status that [`super::observe`] reads, deserialized straight from the watch. The full API
-//! types inline every optional part (a `Pod` is 2.4 KB before any of its contents, its spec
-//! included even when absent), which at thousands of models is most of the operator's memory.
-//! For the same reason the few labels and annotations read are lifted out of the metadata into
-//! [`ChildTags`]: a label map costs about half a kilobyte however few entries it holds.
+//! The children as the operator's watches read them: their metadata and the part of their
+//! status that [`super::observe`] reads, deserialized straight from the watch and summarised
+//! at once (the caches keep only the summary). The full API types inline every optional part
+//! (a `Pod` is 2.4 KB before any of its contents, its spec included even when absent), so
+//! even a passing copy of one is worth avoiding at thousands of events. For the same reason
+//! the few labels and annotations read are lifted out of the metadata into [`ChildTags`].
 
 use std::collections::BTreeMap;
 
