@@ -7,13 +7,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::PartialObjectMeta;
 
-use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedPod};
+use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedPod, CachedPvc, CachedService};
 use crate::lifecycle::observe::{self, DeploymentObs, JobObs, PodObs, PvcObs, ServiceObs};
-use crate::resources::MODEL_LABEL;
 
 /// A child's controller, as its controller owner reference names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,14 +82,18 @@ pub trait Summarise: Send + Sync + 'static {
     fn summarise(&self) -> Option<Summary<Self::Obs>>;
 }
 
-impl Summarise for PersistentVolumeClaim {
+impl Summarise for CachedPvc {
     type Obs = PvcObs;
     fn namespace(&self) -> Option<&str> {
         self.metadata.namespace.as_deref()
     }
     fn summarise(&self) -> Option<Summary<PvcObs>> {
-        let model = self.metadata.labels.as_ref().and_then(|l| l.get(MODEL_LABEL));
-        Summary::new(&self.metadata, model, observe::pvc(self))
+        let claim = PersistentVolumeClaim {
+            metadata: self.metadata.clone(),
+            spec: self.spec.clone(),
+            status: self.status.clone(),
+        };
+        Summary::new(&self.metadata, self.tags.model.as_ref(), observe::pvc(&claim))
     }
 }
 
@@ -129,14 +131,17 @@ impl Summarise for CachedDeployment {
     }
 }
 
-impl Summarise for PartialObjectMeta<Service> {
+impl Summarise for CachedService {
     type Obs = ServiceObs;
     fn namespace(&self) -> Option<&str> {
         self.metadata.namespace.as_deref()
     }
     fn summarise(&self) -> Option<Summary<ServiceObs>> {
-        let model = self.metadata.labels.as_ref().and_then(|l| l.get(MODEL_LABEL));
-        Summary::new(&self.metadata, model, observe::service(self))
+        let obs = ServiceObs {
+            spec_hash: self.tags.spec_hash.clone(),
+            deleting: self.metadata.deletion_timestamp.is_some(),
+        };
+        Summary::new(&self.metadata, self.tags.model.as_ref(), obs)
     }
 }
 
@@ -233,14 +238,45 @@ mod tests {
 
     #[test]
     fn an_object_without_a_model_label_is_not_kept() {
-        let pvc = PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: Some("data".into()),
-                namespace: Some("ml".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let pvc: CachedPvc = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "data", "namespace": "ml", "labels": {"app": "x"}}
+        }))
+        .unwrap();
         assert!(pvc.summarise().is_none());
+    }
+
+    #[test]
+    fn a_claim_is_kept_as_what_the_lifecycle_reads_without_its_managed_fields() {
+        let pvc: CachedPvc = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "iris-model", "namespace": "ml", "uid": "c1", "resourceVersion": "7",
+                "labels": {crate::resources::MODEL_LABEL: "iris"},
+                "ownerReferences": [{"apiVersion": "oda.tmforum.org/v1beta1", "kind": "MLModel",
+                    "name": "iris", "uid": "u1", "controller": true}],
+                "managedFields": [{"manager": "m", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {"resources": {"requests": {"storage": "1Gi"}}},
+            "status": {"phase": "Bound", "capacity": {"storage": "2Gi"}}
+        }))
+        .unwrap();
+        assert_eq!(pvc.metadata.managed_fields, None);
+        let summary = pvc.summarise().expect("a summary");
+        assert_eq!((summary.name.as_str(), summary.model.as_str()), ("iris-model", "iris"));
+        assert_eq!(
+            summary.controller,
+            Some(Controller {
+                uid: "u1".into(),
+                model: Some("iris".into())
+            })
+        );
+        assert_eq!(summary.resource_version.as_deref(), Some("7"));
+        assert_eq!(
+            (
+                summary.obs.phase.as_str(),
+                summary.obs.requested.as_deref(),
+                summary.obs.capacity.as_deref()
+            ),
+            ("Bound", Some("1Gi"), Some("2Gi"))
+        );
     }
 }

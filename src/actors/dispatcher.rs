@@ -17,9 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
@@ -33,7 +31,7 @@ use super::children::{ChildCache, Controller, Listed, Summarise, Summary};
 use super::messages::{Priority, SupervisorMsg};
 use super::warnings::{Involved, Kept, Warnings, kept};
 use crate::cluster::Written;
-use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedModel, CachedPod};
+use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedModel, CachedPod, CachedPvc, CachedService};
 use crate::lifecycle::observe::{self, DeploymentObs, JobObs, PodObs, PvcObs, ServiceObs};
 use crate::resources::{MANAGED_BY, MANAGED_BY_LABEL};
 
@@ -446,7 +444,7 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
             ready: ready.clone(),
             route: route.clone(),
         };
-        let stream = watch::<PersistentVolumeClaim>(&client, ns, children_config.clone());
+        let stream = watch::<CachedPvc>(&client, ns, children_config.clone());
         child(1).spawn(stream, |c| &c.pvcs, |i| &i.pvcs);
         let stream = watch::<CachedJob>(&client, ns, children_config.clone());
         child(2).spawn(stream, |c| &c.jobs, |i| &i.jobs);
@@ -454,7 +452,7 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
         child(3).spawn(stream, |c| &c.pods, |i| &i.pods);
         let stream = watch::<CachedDeployment>(&client, ns, children_config.clone());
         child(4).spawn(stream, |c| &c.deployments, |i| &i.deployments);
-        let stream = watch::<PartialObjectMeta<Service>>(&client, ns, children_config.clone());
+        let stream = watch::<CachedService>(&client, ns, children_config.clone());
         child(5).spawn(stream, |c| &c.services, |i| &i.services);
         let warnings = watch(
             &client,
@@ -495,17 +493,9 @@ where
     watcher::watcher(api, config).default_backoff()
 }
 
-// What the model cache keeps: what the lifecycle core reads, nothing else. Managed fields are
-// the bulk of these objects.
-
-fn trim_meta(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-}
-
-/// The model as cached: `kubectl apply`'s copy of the last applied manifest (the whole spec
-/// again) is not read.
+/// The model as cached (its managed fields are not even read): `kubectl apply`'s copy of the
+/// last applied manifest (the whole spec again) is not kept.
 fn trim_model(o: &mut CachedModel) {
-    trim_meta(&mut o.metadata);
     if let Some(annotations) = o.metadata.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
