@@ -8,6 +8,7 @@
 //! - [`cluster`]: cluster I/O (server-side apply, status patches, Events).
 //! - [`leader`]: leader election over a `coordination.k8s.io` Lease.
 //! - [`telemetry`] and [`metrics`]: traces, logs, Prometheus metrics and health endpoints.
+//! - [`memory`]: the allocator's free memory given back to the system.
 //! - [`download`]: the `download` subcommand run by each model's download Job.
 //! - [`traceview`]: the `trace` subcommand, a model's rollout trace drawn from Jaeger.
 
@@ -18,6 +19,7 @@ pub mod download;
 pub mod events;
 pub mod leader;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod operator;
 pub mod resources;

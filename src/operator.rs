@@ -135,6 +135,7 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
         let _ = server_stop.wait_for(|s| *s).await;
     }));
 
+    tokio::spawn(crate::memory::release_periodically());
     let (route_tx, route_rx) = watch::channel(None);
     let (caches, mut synced) = dispatcher::start(client.clone(), route_rx, &settings.scope.watches());
     tracing::info!(scope = ?settings.scope, "watching");
