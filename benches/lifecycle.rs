@@ -626,6 +626,8 @@ async fn bench() {
     let port = free_port();
     let started = Instant::now();
     let op = start_operator("bench-b", port, false);
+    // A new process lists everything at once and starts every actor: its own peak.
+    let restart_sampler = RssSampler::start(op.pid());
     op.wait_ready(Duration::from_secs(600));
     let synced = started.elapsed();
     let back = actors_back(port, present).await + synced;
@@ -639,6 +641,11 @@ async fn bench() {
     );
     let react = act_on_new_model(&models, &observer, "after-restart").await;
     row("restart: apply right after sync -> Job created", react);
+    row(
+        "restart: RSS peak of the new process",
+        mib(Some(restart_sampler.peak())),
+    );
+    drop(restart_sampler);
     drop(op);
 
     // 3. Leader failover: two replicas, the leader SIGKILLed, then a graceful handover.
