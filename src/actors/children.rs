@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::ModelKey;
 use crate::lifecycle::cached::{CachedDeployment, CachedJob, CachedPod, CachedPvc, CachedService};
 use crate::lifecycle::observe::{self, DeploymentObs, JobObs, PodObs, PvcObs, ServiceObs};
 
@@ -73,20 +74,26 @@ impl<O> Summary<O> {
 }
 
 /// How each watched kind is summarised.
-pub trait Summarise: Send + Sync + 'static {
+pub trait Summarise: k8s_openapi::Metadata<Ty = ObjectMeta> + Send + Sync + 'static {
     /// What `observe` makes of it.
     type Obs: Send + Sync + 'static;
-    /// Its namespace.
-    fn namespace(&self) -> Option<&str>;
     /// Its summary; `None` for an object without a model label.
     fn summarise(&self) -> Option<Summary<Self::Obs>>;
+
+    /// Its namespace and summary, with the key of the model it belongs to.
+    fn placed(&self) -> Option<(ModelKey, Summary<Self::Obs>)> {
+        let namespace = self.metadata().namespace.clone()?;
+        let summary = self.summarise()?;
+        let key = ModelKey {
+            namespace,
+            name: summary.model.clone(),
+        };
+        Some((key, summary))
+    }
 }
 
 impl Summarise for CachedPvc {
     type Obs = PvcObs;
-    fn namespace(&self) -> Option<&str> {
-        self.metadata.namespace.as_deref()
-    }
     fn summarise(&self) -> Option<Summary<PvcObs>> {
         let claim = PersistentVolumeClaim {
             metadata: self.metadata.clone(),
@@ -99,9 +106,6 @@ impl Summarise for CachedPvc {
 
 impl Summarise for CachedJob {
     type Obs = Option<JobObs>;
-    fn namespace(&self) -> Option<&str> {
-        self.metadata.namespace.as_deref()
-    }
     fn summarise(&self) -> Option<Summary<Option<JobObs>>> {
         Summary::new(&self.metadata, self.tags.model.as_ref(), observe::job(self))
     }
@@ -109,9 +113,6 @@ impl Summarise for CachedJob {
 
 impl Summarise for CachedPod {
     type Obs = PodObs;
-    fn namespace(&self) -> Option<&str> {
-        self.metadata.namespace.as_deref()
-    }
     fn summarise(&self) -> Option<Summary<PodObs>> {
         let mut summary = Summary::new(&self.metadata, self.tags.model.as_ref(), observe::pod(self))?;
         // A pod's owner is its Job or ReplicaSet; the uid label says which model it serves.
@@ -123,9 +124,6 @@ impl Summarise for CachedPod {
 
 impl Summarise for CachedDeployment {
     type Obs = DeploymentObs;
-    fn namespace(&self) -> Option<&str> {
-        self.metadata.namespace.as_deref()
-    }
     fn summarise(&self) -> Option<Summary<DeploymentObs>> {
         Summary::new(&self.metadata, self.tags.model.as_ref(), observe::deployment(self))
     }
@@ -133,9 +131,6 @@ impl Summarise for CachedDeployment {
 
 impl Summarise for CachedService {
     type Obs = ServiceObs;
-    fn namespace(&self) -> Option<&str> {
-        self.metadata.namespace.as_deref()
-    }
     fn summarise(&self) -> Option<Summary<ServiceObs>> {
         let obs = ServiceObs {
             spec_hash: self.tags.spec_hash.clone(),

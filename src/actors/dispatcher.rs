@@ -545,51 +545,35 @@ impl ChildStream {
                 };
                 match event {
                     Event::Apply(o) => {
-                        let (Some(ns), Some(summary)) = (o.namespace(), o.summarise()) else {
-                            continue;
-                        };
-                        let key = ModelKey {
-                            namespace: ns.to_owned(),
-                            name: summary.model.clone(),
-                        };
+                        let Some((key, summary)) = o.placed() else { continue };
                         part(&index).insert(key.clone(), summary.name.clone());
-                        cache(&children).insert(ns, summary);
+                        cache(&children).insert(&key.namespace, summary);
                         send(&route, SupervisorMsg::Child { key });
                     }
                     Event::Delete(o) => {
-                        let (Some(ns), Some(summary)) = (o.namespace(), o.summarise()) else {
-                            continue;
-                        };
-                        let key = ModelKey {
-                            namespace: ns.to_owned(),
-                            name: summary.model.clone(),
-                        };
+                        let Some((key, summary)) = o.placed() else { continue };
                         part(&index).remove(&key, &summary.name);
-                        cache(&children).remove(ns, &summary.name);
+                        cache(&children).remove(&key.namespace, &summary.name);
                         send(&route, SupervisorMsg::Child { key });
                     }
                     Event::Init => relist = Some(Default::default()),
                     Event::InitApply(o) => {
-                        let (Some(ns), Some(summary), Some(((fresh, changed), listed))) =
-                            (o.namespace(), o.summarise(), relist.as_mut())
+                        let (Some((key, summary)), Some(((fresh, changed), listed))) = (o.placed(), relist.as_mut())
                         else {
                             continue;
                         };
-                        let key = ModelKey {
-                            namespace: ns.to_owned(),
-                            name: summary.model.clone(),
-                        };
                         // The cache still shows the state before the relist: a model whose child
                         // changed in the gap is woken once the relist is complete.
-                        let before = cache(&children).get(ns, &summary.name);
+                        let before = cache(&children).get(&key.namespace, &summary.name);
                         if before.is_none_or(|b| b.resource_version != summary.resource_version) {
                             changed.insert(key.clone());
                         }
-                        fresh.entry(key).or_default().insert(summary.name.clone());
+                        let name = summary.name.clone();
                         listed
-                            .entry(ns.to_owned())
+                            .entry(key.namespace.clone())
                             .or_default()
-                            .insert(summary.name.clone(), Arc::new(summary));
+                            .insert(name.clone(), Arc::new(summary));
+                        fresh.entry(key).or_default().insert(name);
                     }
                     Event::InitDone => {
                         let ((fresh, mut changed), listed) = relist.take().unwrap_or_default();
