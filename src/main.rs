@@ -12,7 +12,7 @@ use mlmodel_operator::api::MLModel;
 use mlmodel_operator::download::{self, DownloadArgs};
 use mlmodel_operator::leader::LeaseSettings;
 use mlmodel_operator::lifecycle::Settings;
-use mlmodel_operator::operator::{self, RunSettings, WatchScope};
+use mlmodel_operator::operator::{self, InitialList, RunSettings, WatchScope};
 use mlmodel_operator::resources::{self, BuildSettings};
 use mlmodel_operator::telemetry::{self, LogFormat};
 use mlmodel_operator::traceview::{self, TraceArgs};
@@ -163,6 +163,12 @@ struct RunArgs {
     /// Writes allowed in a burst above --api-qps.
     #[arg(long, env = "API_BURST", default_value_t = 400)]
     api_burst: u32,
+
+    /// How each watch gets the objects that exist when it starts: `list` (one response per
+    /// kind), `stream` (one by one, in a watch), or `auto` (stream where the API server serves
+    /// it).
+    #[arg(long, env = "INITIAL_LIST", value_enum, default_value = "list")]
+    initial_list: InitialList,
 }
 
 impl RunArgs {
@@ -239,6 +245,7 @@ impl RunArgs {
             api_qps: self.api_qps,
             api_burst: self.api_burst,
             scope: WatchScope::new(self.namespaces),
+            initial_list: self.initial_list,
         })
     }
 }
@@ -368,7 +375,7 @@ mod tests {
     use clap::Parser;
     use mlmodel_operator::operator::WatchScope;
 
-    use super::{Cli, Command, downloader_telemetry_env};
+    use super::{Cli, Command, InitialList, downloader_telemetry_env};
 
     fn run_settings(args: &[&str]) -> mlmodel_operator::operator::RunSettings {
         let cli = Cli::try_parse_from(["mlmodel-operator", "run"].iter().chain(args)).expect("valid flags");
@@ -389,6 +396,23 @@ mod tests {
             WatchScope::Namespaces(vec!["team-a".to_owned(), "team-b".to_owned()])
         );
         assert!(set.lifecycle.build.allow_ambient_credentials);
+    }
+
+    #[test]
+    fn watches_list_unless_the_flag_says_to_stream_or_to_ask() {
+        assert_eq!(run_settings(&[]).initial_list, InitialList::List);
+        assert_eq!(run_settings(&["--initial-list=auto"]).initial_list, InitialList::Auto);
+        assert_eq!(
+            run_settings(&["--initial-list", "stream"]).initial_list,
+            InitialList::Stream
+        );
+        let error = Cli::try_parse_from(["mlmodel-operator", "run", "--initial-list=paged"])
+            .expect_err("an unknown way to list is refused")
+            .to_string();
+        assert!(
+            error.contains("--initial-list") && error.contains("list, stream, auto"),
+            "{error}"
+        );
     }
 
     fn refused(args: &[&str]) -> String {

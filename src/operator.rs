@@ -43,6 +43,26 @@ pub struct RunSettings {
     pub api_burst: u32,
     /// The namespaces the operator watches and writes.
     pub scope: WatchScope,
+    /// How each watch gets the objects that exist when it starts.
+    pub initial_list: InitialList,
+}
+
+/// How a watch gets the objects that exist when it starts, and again after it lost its place.
+///
+/// A list is the default: it is the faster of the two at scale (the benchmark's restart at
+/// 10,000 models syncs in about 6 s listed and 11 s streamed); a stream lowers a restarted
+/// replica's memory peak (at 1,000 models, 38 MiB streamed and 50 MiB listed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialList {
+    /// One list request per kind, served from the API server's cache.
+    #[default]
+    List,
+    /// A watch that sends the existing objects one by one (`sendInitialEvents`; Kubernetes
+    /// 1.34+, or 1.27+ with the `WatchList` feature gate): the operator never holds a whole
+    /// list at once.
+    Stream,
+    /// `stream` where the API server serves it (asked once at start-up), else `list`.
+    Auto,
 }
 
 /// Where the operator acts: the whole cluster, or only the listed namespaces (a namespaced
@@ -137,8 +157,18 @@ pub async fn run(settings: RunSettings) -> Result<(), RunError> {
 
     tokio::spawn(crate::memory::release_periodically());
     let (route_tx, route_rx) = watch::channel(None);
-    let (caches, mut synced) = dispatcher::start(client.clone(), route_rx, &settings.scope.watches());
-    tracing::info!(scope = ?settings.scope, "watching");
+    let watches = settings.scope.watches();
+    let streamed = match settings.initial_list {
+        InitialList::Stream => true,
+        InitialList::List => false,
+        InitialList::Auto => {
+            let ns = watches.first().and_then(|w| w.as_deref());
+            dispatcher::probe_streaming_lists(&client, ns).await
+        }
+    };
+    let (caches, mut synced) = dispatcher::start(client.clone(), route_rx, &watches, streamed);
+    let initial_list = if streamed { "stream" } else { "list" };
+    tracing::info!(scope = ?settings.scope, %initial_list, "watching");
 
     let (leading_tx, mut leading_rx) = watch::channel(settings.lease.is_none());
     let (fence, elector) = match settings.lease.clone() {

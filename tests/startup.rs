@@ -54,7 +54,8 @@ async fn a_model_applied_and_a_job_completed_during_start_up_are_acted_on() {
 
     // The new process starts; while it lists and starts its actors, a model is applied and
     // the download of m-0 completes.
-    let second = operator::start("second", &[]);
+    // It streams its initial lists: a model found that way is acted on like a listed one.
+    let second = operator::start("second", &[("INITIAL_LIST", "auto")]);
     ns.apply_yaml(&held("late"));
     kubelet::terminated(&pods, &download[0], 0, "").await;
 
@@ -70,4 +71,6 @@ async fn a_model_applied_and_a_job_completed_during_start_up_are_acted_on() {
     })
     .await;
     assert!(second.logs().contains("every model has its actor"), "{}", second.logs());
+    // The test bed's API server streams initial lists (`initial_list` has one that does not).
+    assert!(second.logs().contains("initial_list=stream"), "{}", second.logs());
 }

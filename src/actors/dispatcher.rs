@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{WatchEvent, WatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
@@ -412,10 +413,23 @@ const STREAMS: [&str; 7] = [
 /// Starts the seven watch streams of each entry of `watches` (`None`: the whole cluster; a
 /// namespace: that namespace only). Returns the caches and a receiver that turns true once
 /// every stream has listed its objects. The streams run until the process ends.
-pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Caches, watch::Receiver<bool>) {
+/// `streamed`: each stream's first listing (and every relisting) is a watch that sends the
+/// existing objects one by one ([`probe_streaming_lists`]), instead of a list that arrives
+/// as one response.
+pub fn start(
+    client: Client,
+    route: Route,
+    watches: &[Option<String>],
+    streamed: bool,
+) -> (Caches, watch::Receiver<bool>) {
     let (ready, ready_rx) = Readiness::new(STREAMS.len() * watches.len());
+    let config = if streamed {
+        watcher::Config::default().streaming_lists()
+    } else {
+        watcher::Config::default().any_semantic()
+    };
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-    let children_config = watcher::Config::default().labels(&selector).any_semantic();
+    let children_config = config.clone().labels(&selector);
     let index = Arc::new(Index::default());
     let children = Arc::new(Children::default());
     let mut caches = Caches {
@@ -430,9 +444,7 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
         let flag = |kind: usize| n * STREAMS.len() + kind;
         let (store, w) = reflector::store();
         caches.models.push(namespace, store);
-        let stream = watch(&client, ns, watcher::Config::default().any_semantic())
-            .modify(trim_model)
-            .reflect(w);
+        let stream = watch(&client, ns, config.clone()).modify(trim_model).reflect(w);
         tokio::spawn(run_model_stream(stream, ready.clone(), flag(0), route.clone()));
 
         let child = |kind: usize| ChildStream {
@@ -454,11 +466,7 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
         child(4).spawn(stream, |c| &c.deployments, |i| &i.deployments);
         let stream = watch::<CachedService>(&client, ns, children_config.clone());
         child(5).spawn(stream, |c| &c.services, |i| &i.services);
-        let warnings = watch(
-            &client,
-            ns,
-            watcher::Config::default().fields("type=Warning").any_semantic(),
-        );
+        let warnings = watch(&client, ns, config.clone().fields("type=Warning"));
         tokio::spawn(run_warning_stream(
             warnings,
             caches.clone(),
@@ -469,6 +477,46 @@ pub fn start(client: Client, route: Route, watches: &[Option<String>]) -> (Cache
         ));
     }
     (caches, ready_rx)
+}
+
+/// Whether the API server streams a watch's initial objects (`sendInitialEvents`, served by
+/// default from Kubernetes 1.34): a watch of MLModels in `ns` that matches none must end its
+/// initial events with the bookmark that says so, within a few seconds. A refusal (the
+/// `WatchList` feature gate off), an error or silence all answer no.
+pub async fn probe_streaming_lists(client: &Client, ns: Option<&str>) -> bool {
+    const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+    let api: Api<CachedModel> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // No name has a slash, so the selector matches no model.
+    let params = WatchParams::streaming_lists().fields("metadata.name=/").timeout(5);
+    let answer = async {
+        let stream = match api.watch(&params, "0").await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "the API server refused a streamed list");
+                return false;
+            }
+        };
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(WatchEvent::Bookmark(b)) if b.metadata.annotations.contains_key(INITIAL_EVENTS_END) => {
+                    return true;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "a streamed list failed");
+                    return false;
+                }
+            }
+        }
+        false
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), answer)
+        .await
+        .unwrap_or(false)
 }
 
 /// A watch of kind `K` in namespace `ns`, or in the whole cluster.

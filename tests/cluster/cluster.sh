@@ -7,11 +7,13 @@
 # in on 127.0.0.1). Its addresses are the JAEGER_* lines of <state-dir>/cluster.env.
 #
 #   tests/cluster/cluster.sh up <state-dir> [--watch-pid PID] [--real-node] [--jaeger]
+#                                [--api-feature-gates GATES]
 #   tests/cluster/cluster.sh down <state-dir>
 #   tests/cluster/cluster.sh env <state-dir>
 #
 # `up` prints the kubeconfig path on stdout as its last line; progress goes to stderr.
 # With --watch-pid, the cluster is torn down as soon as PID exits.
+# --api-feature-gates passes GATES (`Name=false,...`) to the API server's --feature-gates.
 # KEEP_CLUSTER_LOGS=1 keeps <state-dir>/logs on `down`.
 # KUBE_API_QPS and KUBE_API_BURST raise the controller-manager's and the scheduler's client
 # rate limits (defaults 20/30 and 50/100, which queue tens of thousands of pods; the benchmark
@@ -31,6 +33,7 @@ node_components=(containerd kubelet kube-proxy local-path-provisioner model-stor
 components=("${control_plane[@]}")
 real_node=0
 jaeger=0
+api_feature_gates=""
 
 log() { echo "[cluster] $*" >&2; }
 die() {
@@ -157,6 +160,11 @@ cmd_up() {
         jaeger=1
         shift
         ;;
+      --api-feature-gates)
+        [[ $# -ge 2 ]] || usage
+        api_feature_gates="$2"
+        shift 2
+        ;;
       *) usage ;;
     esac
   done
@@ -206,6 +214,7 @@ cmd_up() {
     host="$node_ip"
     api_extra=()
   fi
+  [[ -z "$api_feature_gates" ]] || api_extra+=(--feature-gates="$api_feature_gates")
 
   local etcd_port etcd_peer_port api_port attempt url deadline
   local pki="$state/pki" kubeconfig="$state/kubeconfig"

@@ -142,6 +142,18 @@ pub fn node_cluster() -> &'static TestCluster {
     }
 }
 
+/// A cluster whose API server runs with the feature `gates` given (`Name=false,...`), shared
+/// by every test of this binary; call it before anything else that uses the cluster.
+///
+/// Panics when the cluster cannot start.
+pub fn cluster_with_api_feature_gates(gates: &str) -> &'static TestCluster {
+    let cluster = CLUSTER.get_or_init(|| TestCluster::start_with(&["--api-feature-gates", gates]));
+    match cluster {
+        Ok(cluster) => cluster,
+        Err(message) => panic!("{message}"),
+    }
+}
+
 /// The cluster with a Jaeger shared by every test of this binary; call it before anything
 /// else that uses the cluster. `MLMODEL_TEST_CLUSTER` may name one started with `--jaeger`.
 ///
