@@ -495,7 +495,7 @@ pub async fn probe_streaming_lists(client: &Client, ns: Option<&str>) -> bool {
         let stream = match api.watch(&params, "0").await {
             Ok(stream) => stream,
             Err(error) => {
-                tracing::debug!(%error, "the API server refused a streamed list");
+                tracing::info!(%error, "the API server does not stream initial lists");
                 return false;
             }
         };
@@ -507,16 +507,19 @@ pub async fn probe_streaming_lists(client: &Client, ns: Option<&str>) -> bool {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::debug!(%error, "a streamed list failed");
+                    tracing::info!(%error, "the API server's streamed list failed");
                     return false;
                 }
             }
         }
+        tracing::info!("the API server's watch ended without the bookmark that ends its initial events");
         false
     };
-    tokio::time::timeout(std::time::Duration::from_secs(10), answer)
-        .await
-        .unwrap_or(false)
+    let bound = std::time::Duration::from_secs(10);
+    tokio::time::timeout(bound, answer).await.unwrap_or_else(|_| {
+        tracing::info!(?bound, "the API server did not finish a streamed list in time");
+        false
+    })
 }
 
 /// A watch of kind `K` in namespace `ns`, or in the whole cluster.
