@@ -54,7 +54,7 @@ pub struct RunSettings {
 /// replica's memory peak (at 1,000 models, 38 MiB streamed and 50 MiB listed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum InitialList {
-    /// List requests of 500 objects a page, served from the API server's cache (1.31+).
+    /// One list request per kind, served from the API server's cache.
     #[default]
     List,
     /// A watch that sends the existing objects one by one (`sendInitialEvents`; Kubernetes

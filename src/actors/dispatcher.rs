@@ -415,7 +415,7 @@ const STREAMS: [&str; 7] = [
 /// every stream has listed its objects. The streams run until the process ends.
 /// `streamed`: each stream's first listing (and every relisting) is a watch that sends the
 /// existing objects one by one ([`probe_streaming_lists`]), instead of a list that arrives
-/// a page at a time.
+/// as one response.
 pub fn start(
     client: Client,
     route: Route,
@@ -423,12 +423,10 @@ pub fn start(
     streamed: bool,
 ) -> (Caches, watch::Receiver<bool>) {
     let (ready, ready_rx) = Readiness::new(STREAMS.len() * watches.len());
-    // Listed: pages of 500, each read consistent; API servers from 1.31 on serve them from
-    // their cache, and never more than a page is held at once.
     let config = if streamed {
         watcher::Config::default().streaming_lists()
     } else {
-        watcher::Config::default().page_size(500)
+        watcher::Config::default().any_semantic()
     };
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     let children_config = config.clone().labels(&selector);
