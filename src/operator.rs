@@ -50,7 +50,7 @@ pub struct RunSettings {
 /// How a watch gets the objects that exist when it starts, and again after it lost its place.
 ///
 /// A list is the default: it is the faster of the two at scale (the benchmark's restart at
-/// 10,000 models syncs in about 6 s listed and 11 s streamed); a stream lowers a restarted
+/// 10,000 models synced in 6–7 s listed and 11 s streamed); a stream lowers a restarted
 /// replica's memory peak (at 1,000 models, 38 MiB streamed and 50 MiB listed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum InitialList {
