@@ -11,13 +11,12 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
+use support::iris::model_yaml;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn model(name: &str) -> String {
-    format!(
-        "apiVersion: oda.tmforum.org/v1beta1\nkind: MLModel\nmetadata:\n  name: {name}\nspec:\n  modelURL: https://models.example/{name}.tar.gz\n"
-    )
+    model_yaml(name, &format!("https://models.example/{name}.tar.gz"), None, "")
 }
 
 #[tokio::test]

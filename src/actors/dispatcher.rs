@@ -485,10 +485,7 @@ pub fn start(
 /// `WatchList` feature gate off), an error or silence all answer no.
 pub async fn probe_streaming_lists(client: &Client, ns: Option<&str>) -> bool {
     const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
-    let api: Api<CachedModel> = match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let api: Api<CachedModel> = api_in(client, ns);
     // No name has a slash, so the selector matches no model.
     let params = WatchParams::streaming_lists().fields("metadata.name=/").timeout(5);
     let answer = async {
@@ -537,11 +534,18 @@ where
         + Sync
         + 'static,
 {
-    let api = match ns {
-        Some(ns) => Api::<K>::namespaced(client.clone(), ns),
-        None => Api::<K>::all(client.clone()),
-    };
-    watcher::watcher(api, config).default_backoff()
+    watcher::watcher(api_in(client, ns), config).default_backoff()
+}
+
+/// Kind `K` in namespace `ns`, or in the whole cluster.
+fn api_in<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// The model as cached (its managed fields are not even read): `kubectl apply`'s copy of the
