@@ -554,8 +554,9 @@ impl ModelWriter {
     }
 
     /// Writes the model's status through the status subresource (server-side apply, so
-    /// fields the operator no longer sets are removed).
-    pub async fn write_status(&self, model: &MLModel, status: &MLModelStatus) -> Result<(), ClusterError> {
+    /// fields the operator no longer sets are removed). Returns the model's new
+    /// resourceVersion (`None` if the model is gone).
+    pub async fn write_status(&self, model: &MLModel, status: &MLModelStatus) -> Result<Option<String>, ClusterError> {
         let name = model.name_any();
         self.guard(|| format!("write status of mlmodel/{name}"))?;
         let body = json!({
@@ -573,8 +574,8 @@ impl ModelWriter {
             .await?;
         self.record("patch_status", "mlmodel", &r);
         match r {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
+            Ok(written) => Ok(written.resource_version()),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(ClusterError::classify(format!("write status of mlmodel/{name}"), e)),
         }
     }

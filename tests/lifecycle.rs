@@ -139,6 +139,15 @@ async fn apply_to_ready_creates_owned_children_and_reports_every_phase() {
         "events: {reasons:?}"
     );
 
+    // A plain rollout meets no error on its way: no write refused, in conflict or retried.
+    let about_it = format!("model={}/iris ", ns.name);
+    let logs = operator::shared().logs();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains(&about_it))
+        .collect();
+    assert!(warnings.is_empty(), "warnings about the model: {warnings:#?}");
+
     // kubectl wait works on the Ready condition; kubectl get shows the columns.
     let out = ns
         .kubectl()

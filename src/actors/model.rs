@@ -348,12 +348,8 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
     // A new rollout's trace context is recorded before any child carries it: a download Job
     // created first would join a trace that an operator restarted in between never continues.
     let stored_context = state.status.as_ref().and_then(|s| s.traceparent.as_ref());
-    if decision.status.traceparent.as_ref() != stored_context
-        && decision.actions.iter().any(|a| matches!(a, Action::ApplyJob(_)))
-        && let Err(error) = report(state, &model, decision.status.clone()).await
-    {
-        return handle_error(myself, state, &model, &observed, error).await;
-    }
+    let record_context = decision.status.traceparent.as_ref() != stored_context
+        && decision.actions.iter().any(|a| matches!(a, Action::ApplyJob(_)));
     let forced: Vec<String> = decision
         .actions
         .iter()
@@ -363,10 +359,11 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
         })
         .collect();
     // Every action but the finalizer's release is independent of the others (each child is
-    // applied whole and owned by the model), so they run concurrently; two exceptions run on
-    // their own: a claim that does not exist yet is created first, so no download Job ever
-    // mounts a claim of that name that turns out not to be the model's, and the release waits
-    // for the rest, so a model is never let go before its children are asked to go.
+    // applied whole and owned by the model), so they run concurrently; two exceptions go
+    // first, side by side with the trace context's write: a claim that does not exist yet is
+    // created first, so no download Job ever mounts a claim of that name that turns out not to
+    // be the model's; and the release waits for the rest, so a model is never let go before
+    // its children are asked to go.
     let (release, rest): (Vec<&Action>, Vec<&Action>) = decision
         .actions
         .iter()
@@ -374,14 +371,38 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
     let (claim, independent): (Vec<&Action>, Vec<&Action>) = rest
         .into_iter()
         .partition(|a| matches!(a, Action::ApplyPvc(_)) && !child_exists(&observed, a));
-    for batch in [claim, independent, release] {
-        let results = futures::future::join_all(
-            batch
-                .iter()
-                .map(|a| state.writer.execute(&model, a, child_exists(&observed, a))),
-        )
-        .await;
+    // The Event of a phase change written with the trace context, recorded once the children
+    // are asked for (an Event is never worth a round trip before them).
+    let mut transition = None;
+    for (first, batch) in [(true, claim), (false, independent), (false, release)] {
+        let writer = &state.writer;
+        let context = async {
+            if first && record_context {
+                Some(writer.write_status(&model, &decision.status).await)
+            } else {
+                None
+            }
+        };
+        let (context, results) = futures::join!(
+            context,
+            futures::future::join_all(
+                batch
+                    .iter()
+                    .map(|a| writer.execute(&model, a, child_exists(&observed, a))),
+            )
+        );
         let mut failed = None;
+        match context {
+            Some(Ok(version)) => {
+                // The finalizer, added next, is a compare-and-swap on the model as written now.
+                if version.is_some() {
+                    model.metadata.resource_version = version;
+                }
+                transition = reported(state, &model, decision.status.clone());
+            }
+            Some(Err(error)) => failed = Some(error),
+            None => {}
+        }
         for (action, result) in batch.into_iter().zip(results) {
             match result {
                 // A claim its StorageClass cannot expand: the model goes on with the volume it
@@ -401,10 +422,12 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
             }
         }
         if let Some(error) = failed {
+            announce(state, &model, transition).await;
             return handle_error(myself, state, &model, &observed, error).await;
         }
     }
     state.retries = 0;
+    announce(state, &model, transition).await;
     if !forced.is_empty() {
         let note = EventNote {
             warning: true,
@@ -422,6 +445,8 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
     Ok(())
 }
 
+/// Writes `status` unless it is what was last written, and records the Event its change
+/// deserves.
 async fn report(state: &mut ModelState, model: &MLModel, status: MLModelStatus) -> Result<(), ClusterError> {
     if model.metadata.deletion_timestamp.is_some() && !model.finalizers().iter().any(|f| f == crate::api::FINALIZER) {
         return Ok(());
@@ -430,14 +455,27 @@ async fn report(state: &mut ModelState, model: &MLModel, status: MLModelStatus) 
         return Ok(());
     }
     state.writer.write_status(model, &status).await?;
+    let event = reported(state, model, status);
+    announce(state, model, event).await;
+    Ok(())
+}
+
+/// Takes note that `status` was written: the rollout's trace follows its phase, and it is the
+/// status last written. Returns the Event its change deserves.
+fn reported(state: &mut ModelState, model: &MLModel, status: MLModelStatus) -> Option<EventNote> {
     let event = lifecycle::transition_event(state.status.as_ref(), &status);
     state.trace.phase_reported(model, &status, &state.ctx.metrics);
+    state.status = Some(status);
+    event
+}
+
+/// Logs and records the Event of a status change, if there is one.
+async fn announce(state: &ModelState, model: &MLModel, event: Option<EventNote>) {
     if let Some(note) = event {
-        tracing::info!(model = %state.key, phase = ?status.phase, reason = %note.reason, "{}", note.note);
+        let phase = state.status.as_ref().and_then(|s| s.phase);
+        tracing::info!(model = %state.key, ?phase, reason = %note.reason, "{}", note.note);
         state.writer.event(model, &note, "Reconcile").await;
     }
-    state.status = Some(status);
-    Ok(())
 }
 
 async fn handle_error(
