@@ -359,11 +359,11 @@ async fn reconcile(myself: &ActorRef<ModelMsg>, state: &mut ModelState) -> Resul
         })
         .collect();
     // Every action but the finalizer's release is independent of the others (each child is
-    // applied whole and owned by the model), so they run concurrently; two exceptions go
-    // first, side by side with the trace context's write: a claim that does not exist yet is
-    // created first, so no download Job ever mounts a claim of that name that turns out not to
-    // be the model's; and the release waits for the rest, so a model is never let go before
-    // its children are asked to go.
+    // applied whole and owned by the model), so they run concurrently, with two exceptions: a
+    // claim that does not exist yet is created first (beside the trace context's write, which
+    // the download Job waits for too), so no download Job ever mounts a claim of that name that
+    // turns out not to be the model's; and the release waits for the rest, so a model is never
+    // let go before its children are asked to go.
     let (release, rest): (Vec<&Action>, Vec<&Action>) = decision
         .actions
         .iter()
